@@ -1,0 +1,27 @@
+# Two commands set everything up (both idempotent):
+#   make demo   create .venv, install, generate demo data, run stage 1 + stage 2, evaluate, report
+#   make test   create .venv, install, run the whole test suite
+# Use another torch build (e.g. CUDA) with:  make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q $(TORCH) -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m dussss_monai.demo --workdir runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs/demo demo_data .pytest_cache

@@ -1,0 +1,132 @@
+"""Atomic file writing and safe checkpoint loading.
+
+Every file this project writes (checkpoints, datalists, splits, reports) goes through these helpers:
+the content is written to a temporary file in the destination folder, flushed to disk, then renamed
+over the destination with :func:`os.replace`, which is atomic on POSIX and Windows. A crash or a full
+disk therefore never leaves a truncated file that a later run would load.
+
+Checkpoints are read with ``torch.load(..., weights_only=True)``: a file that carries arbitrary pickled
+objects (which could execute code when unpickled) is refused with :class:`~dussss_monai.errors.CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dussss_monai.errors import CheckpointError, DuSSSError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "safe_torch_load",
+    "ensure_writable_dir",
+]
+
+PathLike = str | os.PathLike
+
+
+def ensure_writable_dir(path: PathLike) -> Path:
+    """Create ``path`` (and parents) if needed and check that files can be created in it.
+
+    Raises:
+        DuSSSError: when the folder cannot be created or is not writable, naming the folder.
+    """
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DuSSSError(f"cannot create output folder {p}: {e.strerror or e}") from e
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise DuSSSError(f"output folder {p} is not writable")
+    return p
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    Returns:
+        the destination path.
+
+    Raises:
+        DuSSSError: when the folder is not writable or the disk is full; no partial file is left.
+    """
+    dest = Path(path)
+    ensure_writable_dir(dest.parent if str(dest.parent) else ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise DuSSSError(f"could not write {dest}: {e.strerror or e}") from e
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return dest
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically. See :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> Path:
+    """Serialise ``obj`` as JSON and write it to ``path`` atomically. See :func:`atomic_write_bytes`."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically. See :func:`atomic_write_bytes`."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only=True``.
+
+    Args:
+        path: checkpoint file.
+        map_location: passed to :func:`torch.load`.
+
+    Returns:
+        the loaded object (tensors, dicts, lists, numbers and strings only).
+
+    Raises:
+        CheckpointError: when the file is missing, truncated or not a checkpoint, or when it carries
+            pickled objects other than tensors and plain containers (refused as unsafe).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... depending on the damage
+        msg = str(e)
+        if "weights_only" in msg or "Unsupported global" in msg or "WeightsUnpickler" in msg:
+            raise CheckpointError(
+                f"checkpoint {p} carries pickled Python objects besides tensors and was refused as unsafe "
+                "(it could execute code when loaded). Re-save it as a plain state dict, or load it yourself "
+                "only if you trust its source."
+            ) from e
+        raise CheckpointError(f"checkpoint {p} is unreadable (truncated or not a PyTorch file): {msg.splitlines()[0]}") from e
+
+
+def _remove_quietly(path: PathLike) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
