@@ -1,0 +1,230 @@
+"""Small functions that MONAI bundle configs call, so that configs hold no logic a test cannot reach.
+
+Bundle configs evaluate Python expressions (``"$..."``) and import whatever ``_target_`` names: only run
+configs from sources you trust, exactly as you would only run scripts you trust.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dussss_monai.errors import CheckpointError, ConfigError, DuSSSError
+from dussss_monai.utils.io import atomic_write_json, ensure_writable_dir, safe_torch_load
+
+__all__ = [
+    "bundle_root",
+    "latest_checkpoint",
+    "load_state_dict_into",
+    "load_frozen_vlm",
+    "make_refiner",
+    "freeze",
+    "check_method",
+    "save_run_record",
+    "environment_versions",
+    "METHODS",
+]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("dussss", "mean_teacher", "supervised")
+
+
+def bundle_root(default: str = ".", argv: Sequence[str] | None = None) -> str:
+    """Return the bundle folder of the config file given on the command line.
+
+    ``python -m monai.bundle run training --config_file bundles/x/configs/train.json`` yields
+    ``bundles/x``, so a bundle can be run from any working directory. Where no ``--config_file`` is on
+    the command line (e.g. a bundle run from Python), ``default`` is returned; override ``bundle_root``
+    explicitly in that case.
+
+    Args:
+        default: returned when the command line names no config file.
+        argv: the command line to read, ``sys.argv`` when ``None``.
+
+    Returns:
+        the bundle root folder as a string.
+    """
+    args = list(sys.argv if argv is None else argv)
+    config = None
+    for i, a in enumerate(args):
+        if a == "--config_file" and i + 1 < len(args):
+            config = args[i + 1]
+        elif a.startswith("--config_file="):
+            config = a.split("=", 1)[1]
+    if not config:
+        return default
+    config = config.strip()
+    if config.startswith("["):  # a list of config files: take the first
+        try:
+            config = json.loads(config.replace("'", '"'))[0]
+        except (ValueError, IndexError):
+            return default
+    else:
+        config = config.split(",")[0]
+    folder = Path(config).resolve().parent
+    return str(folder.parent if folder.name == "configs" else folder)
+
+
+def check_method(method: str) -> str:
+    """Validate the stage-2 ``method`` switch of a bundle config.
+
+    Raises:
+        ConfigError: when ``method`` is not one of :data:`METHODS`.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    return method
+
+
+def latest_checkpoint(folder: str | os.PathLike, pattern: str = "*.pt") -> str | None:
+    """Return the most recently written checkpoint in ``folder`` (by modification time), or ``None``."""
+    p = Path(folder)
+    if not p.is_dir():
+        return None
+    files = [f for f in p.glob(pattern) if f.is_file() and not f.name.startswith(".")]
+    if not files:
+        return None
+    return str(max(files, key=lambda f: (f.stat().st_mtime, f.name)))
+
+
+def load_state_dict_into(module: nn.Module, path: str | os.PathLike, key: str | None = None, strict: bool = True) -> nn.Module:
+    """Load a state dict from ``path`` (safely, ``weights_only=True``) into ``module``.
+
+    Args:
+        module: the network to fill.
+        path: checkpoint file holding a state dict, or a dict of state dicts when ``key`` is given.
+        key: entry of the checkpoint to load; ``None`` when the file is the state dict itself.
+        strict: passed to :meth:`torch.nn.Module.load_state_dict`.
+
+    Returns:
+        ``module``.
+
+    Raises:
+        CheckpointError: when the file is missing, unsafe, or does not match the network.
+    """
+    state = safe_torch_load(path)
+    if key is not None:
+        if not isinstance(state, Mapping) or key not in state:
+            raise CheckpointError(f"checkpoint {path} has no entry {key!r}")
+        state = state[key]
+    try:
+        module.load_state_dict(state, strict=strict)
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} does not match the network in this config ({first}); "
+            "were both made with the same network settings?"
+        ) from e
+    return module
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Put ``module`` in eval mode and stop gradients to all of its parameters."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def load_frozen_vlm(vlm: nn.Module, checkpoint: str | os.PathLike, pretrain_config: str = "configs/pretrain.json") -> nn.Module:
+    """Load the stage-1 vision-language model for stage 2 and freeze it.
+
+    Args:
+        vlm: the VLM built from the same settings as in stage 1.
+        checkpoint: the stage-1 checkpoint (a state dict of the VLM).
+        pretrain_config: the stage-1 config, named in the error message when the checkpoint is missing.
+
+    Returns:
+        the frozen VLM (eval mode, no gradients).
+
+    Raises:
+        CheckpointError: when the checkpoint is missing (with the exact command that makes it), unsafe
+            or does not match.
+    """
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(
+            f"no stage-1 checkpoint at {checkpoint}; train stage 1 first: "
+            f"python -m monai.bundle run training --config_file {pretrain_config} --dataset_dir <same dataset>"
+        )
+    load_state_dict_into(vlm, checkpoint)
+    return freeze(vlm)
+
+
+def make_refiner(
+    method: str,
+    vlm: nn.Module,
+    grounding_decoder: nn.Module,
+    vlm_checkpoint: str | os.PathLike,
+    pretrain_config: str = "configs/pretrain.json",
+    device: str | torch.device = "cpu",
+) -> nn.Module | None:
+    """Build the VLM pseudo-label refiner for ``method == "dussss"``; ``None`` for the other methods.
+
+    The stage-1 VLM is loaded from ``vlm_checkpoint`` and frozen; the grounding decoder stays trainable
+    (it is trained by the text-guided loss in stage 2).
+
+    Raises:
+        ConfigError: when ``method`` is unknown.
+        CheckpointError: when the stage-1 checkpoint is missing (the message gives the command that makes it).
+    """
+    if check_method(method) != "dussss":
+        return None
+    from dussss_monai.refiner import VLMPseudoLabelRefiner
+
+    load_frozen_vlm(vlm, vlm_checkpoint, pretrain_config)
+    return VLMPseudoLabelRefiner(vlm=vlm, grounding_decoder=grounding_decoder).to(device)
+
+
+def environment_versions() -> dict[str, str]:
+    """Versions of Python and of the packages a run depends on."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("torch", "monai", "numpy", "transformers", "ignite", "dussss_monai"):
+        try:
+            mod = __import__(name)
+            versions[name] = str(getattr(mod, "__version__", "unknown"))
+        except ImportError:  # pragma: no cover - optional
+            continue
+    versions["cuda"] = str(torch.version.cuda) if torch.cuda.is_available() else "none"
+    return versions
+
+
+def save_run_record(output_dir: str | os.PathLike, config: Any = None, seed: int | None = None, **extra: Any) -> str:
+    """Write ``run.json`` next to a run's outputs: the seed, the versions and the full resolved config.
+
+    Args:
+        output_dir: the run folder.
+        config: the config (a dict, or a MONAI ``ConfigParser`` whose raw content is written).
+        seed: the random seed of the run.
+        extra: other JSON-serialisable facts to record.
+
+    Returns:
+        the path of the record.
+
+    Raises:
+        DuSSSError: when the folder is not writable.
+    """
+    folder = ensure_writable_dir(output_dir)
+    content = config.get() if hasattr(config, "get") and not isinstance(config, Mapping) else config
+    record = {
+        "seed": seed,
+        "versions": environment_versions(),
+        "argv": list(sys.argv),
+        "config": json.loads(json.dumps(content, default=str)) if content is not None else None,
+        **{k: json.loads(json.dumps(v, default=str)) for k, v in extra.items()},
+    }
+    try:
+        return str(atomic_write_json(folder / "run.json", record))
+    except DuSSSError:
+        raise
+    except (TypeError, ValueError) as e:  # pragma: no cover - defensive
+        raise DuSSSError(f"could not record the run in {folder}: {e}") from e
