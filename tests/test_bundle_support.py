@@ -1,0 +1,83 @@
+"""Tests of the helpers that bundle configs call."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dussss_monai.bundle_support import (
+    bundle_root,
+    check_method,
+    latest_checkpoint,
+    load_frozen_vlm,
+    load_state_dict_into,
+    save_run_record,
+)
+from dussss_monai.errors import CheckpointError, ConfigError
+
+
+def test_bundle_root_from_command_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bundles" / "b" / "configs" / "train.json"
+    assert bundle_root(argv=["x", "run", "training", "--config_file", str(cfg)]) == str(tmp_path / "bundles" / "b")
+    assert bundle_root(argv=["x", f"--config_file={cfg}"]) == str(tmp_path / "bundles" / "b")
+    listed = f"['{cfg}','{cfg.parent / 'multi_gpu_train.json'}']"
+    assert bundle_root(argv=["x", "--config_file", listed]) == str(tmp_path / "bundles" / "b")
+    assert bundle_root(default="fallback", argv=["pytest"]) == "fallback"
+
+
+def test_check_method() -> None:
+    assert check_method("dussss") == "dussss"
+    with pytest.raises(ConfigError, match="mean_teacher"):
+        check_method("meanteacher")
+
+
+def test_latest_checkpoint_picks_newest(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path / "absent") is None
+    assert latest_checkpoint(tmp_path) is None
+    old, new = tmp_path / "training_checkpoint_epoch=1.pt", tmp_path / "training_checkpoint_epoch=2.pt"
+    old.write_bytes(b"a")
+    new.write_bytes(b"b")
+    past = time.time() - 100
+    os.utime(old, (past, past))
+    (tmp_path / ".partial.pt.tmp").write_bytes(b"c")
+    assert latest_checkpoint(tmp_path) == str(new)
+
+
+def test_load_state_dict_into_reports_mismatch(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    torch.save(nn.Linear(3, 2).state_dict(), path)
+    net = load_state_dict_into(nn.Linear(3, 2), path)
+    assert torch.equal(net.weight, torch.load(path)["weight"])
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_state_dict_into(nn.Linear(4, 2), path)
+    with pytest.raises(CheckpointError, match="no entry 'student'"):
+        load_state_dict_into(nn.Linear(3, 2), path, key="student")
+
+
+def test_missing_stage1_checkpoint_names_the_command(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError) as e:
+        load_frozen_vlm(nn.Linear(2, 2), tmp_path / "vlm.pt", "bundles/b/configs/pretrain.json")
+    msg = str(e.value)
+    assert "vlm.pt" in msg and "python -m monai.bundle run training --config_file bundles/b/configs/pretrain.json" in msg
+    assert "\n" not in msg
+
+
+def test_load_frozen_vlm_freezes(tmp_path: Path) -> None:
+    path = tmp_path / "vlm.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), path)
+    vlm = load_frozen_vlm(nn.Linear(2, 2), path)
+    assert not vlm.training and not any(p.requires_grad for p in vlm.parameters())
+
+
+def test_run_record_has_seed_versions_and_config(tmp_path: Path) -> None:
+    path = save_run_record(tmp_path / "run", config={"lr": 0.1}, seed=7, method="dussss")
+    import json
+
+    record = json.loads(Path(path).read_text())
+    assert record["seed"] == 7 and record["config"] == {"lr": 0.1} and record["method"] == "dussss"
+    assert record["versions"]["torch"] == torch.__version__
