@@ -1,0 +1,204 @@
+"""The grounding decoder f_g of DuSSS stage 2 (method.md, "Stage 2", text-guided mask).
+
+The frozen stage-1 image encoder gives a grid of patch tokens (paper: 14 x 14 for a 224 x 224 ViT-B/16).
+f_g upsamples them to per-pixel features ``v_f`` (two upsampling residual conv blocks: 14 -> 28 -> 56),
+projects them to the joint embedding size ``D`` and L2-normalises them. The text-guided mask is the
+per-pixel similarity of ``v_f`` with the L2-normalised text embedding ``t_f``, upsampled to the image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from torch import nn
+
+__all__ = ["GroundingDecoder", "UpResidualBlock"]
+
+
+class UpResidualBlock(nn.Module):
+    """Bilinear x2 upsampling followed by a residual block of two 3x3 convolutions.
+
+    ``y = relu(norm(conv_b(relu(norm(conv_a(up(x)))))) + skip(up(x)))``, ``skip`` a 1x1 convolution when the
+    channel count changes, identity otherwise.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        norm: MONAI norm name/tuple used after each 3x3 convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm: str | tuple = ("instance", {"affine": True}),
+    ) -> None:
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.conv_a = Convolution(2, in_channels, out_channels, kernel_size=3, norm=norm, act="relu")
+        # no activation here: the activation is applied after the residual sum.
+        self.conv_b = Convolution(2, out_channels, out_channels, kernel_size=3, norm=norm, act=None)
+        self.skip: nn.Module = (
+            nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        )
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        return self.act(self.conv_b(self.conv_a(x)) + self.skip(x))
+
+
+class GroundingDecoder(nn.Module):
+    """Grounding decoder f_g: patch tokens -> L2-normalised per-pixel features -> text-guided mask logits.
+
+    Implements the "text-guided mask" of method.md, Stage 2: ``y_text = sigmoid(t_f . v_f)`` with ``t_f`` the
+    text embedding and ``v_f`` the per-pixel features, both L2-normalised.
+
+    Documented choice where the paper is silent: a dot product of two unit vectors lies in ``[-1, 1]``, so
+    ``sigmoid(t_f . v_f)`` alone lies in ``[0.27, 0.73]`` and can never express a confident mask (nor a
+    confident background). The decoder therefore returns the logits ``scale * (t_f . v_f) + bias`` with a
+    learnable positive ``scale`` (stored as its logarithm, clamped to ``max_logit_scale``) and a learnable
+    ``bias``, as CLIP-style models do for their similarity logits. ``y_text = sigmoid(logits)``.
+
+    Args:
+        in_channels: width ``H_v`` of the image encoder's patch tokens.
+        embed_dim: size ``D`` of the joint (text) embedding.
+        hidden_channels: channels of the upsampling blocks.
+        num_upsamples: number of x2 upsampling residual blocks (2: 14 x 14 -> 56 x 56, as in the paper).
+        init_logit_scale: initial value of the logit scale.
+        init_logit_bias: initial value of the logit bias.
+        max_logit_scale: upper clamp of the logit scale (keeps the logits, hence the losses, finite).
+        norm: MONAI norm used in the residual blocks (instance norm: independent of the batch size).
+
+    Raises:
+        ValueError: when a size argument is not positive.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        embed_dim: int,
+        hidden_channels: int = 128,
+        num_upsamples: int = 2,
+        init_logit_scale: float = 10.0,
+        init_logit_bias: float = 0.0,
+        max_logit_scale: float = 100.0,
+        norm: str | tuple = ("instance", {"affine": True}),
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("embed_dim", embed_dim), ("hidden_channels", hidden_channels)):
+            if int(value) < 1:
+                raise ValueError(f"GroundingDecoder: {name} must be positive, got {value}")
+        if int(num_upsamples) < 0:
+            raise ValueError(f"GroundingDecoder: num_upsamples must be >= 0, got {num_upsamples}")
+        if not 0 < init_logit_scale <= max_logit_scale:
+            raise ValueError(
+                f"GroundingDecoder: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}"
+            )
+        self.in_channels = int(in_channels)
+        self.embed_dim = int(embed_dim)
+        self.num_upsamples = int(num_upsamples)
+        self.max_logit_scale = float(max_logit_scale)
+        self.input_proj = Convolution(2, self.in_channels, hidden_channels, kernel_size=1, norm=norm, act="relu")
+        self.blocks = nn.Sequential(
+            *[UpResidualBlock(hidden_channels, hidden_channels, norm=norm) for _ in range(self.num_upsamples)]
+        )
+        self.output_proj = nn.Conv2d(hidden_channels, self.embed_dim, kernel_size=1)
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+
+    @property
+    def upsample_factor(self) -> int:
+        """Ratio of the pixel-feature grid to the patch grid (``2 ** num_upsamples``)."""
+        return 2**self.num_upsamples
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The positive scale applied to the cosine similarities, clamped to ``max_logit_scale``."""
+        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    def pixel_features(self, patches: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """Per-pixel features ``v_f``.
+
+        Args:
+            patches: patch tokens ``(B, h*w, H_v)`` in row-major grid order.
+            grid: ``(h, w)``.
+
+        Returns:
+            L2-normalised (over channels) features ``(B, D, h * 2**num_upsamples, w * 2**num_upsamples)``.
+
+        Raises:
+            ValueError: when the token count or width does not match ``grid`` / ``in_channels``.
+        """
+        if patches.ndim != 3:
+            raise ValueError(f"GroundingDecoder: patches must be (B, h*w, H_v), got shape {tuple(patches.shape)}")
+        h, w = (int(g) for g in grid)
+        b, n, c = patches.shape
+        if n != h * w or c != self.in_channels:
+            raise ValueError(
+                f"GroundingDecoder: patches of shape {tuple(patches.shape)} do not match grid {(h, w)} "
+                f"and in_channels {self.in_channels}"
+            )
+        x = patches.transpose(1, 2).reshape(b, c, h, w)
+        x = self.blocks(self.input_proj(x))
+        return F.normalize(self.output_proj(x), dim=1)
+
+    def text_logits(
+        self, pixel_features: torch.Tensor, text_embed: torch.Tensor, out_size: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Text-guided mask logits ``scale * (t_f . v_f) + bias``; ``y_text = sigmoid`` of these.
+
+        Args:
+            pixel_features: L2-normalised ``v_f`` ``(B, D, h', w')`` from :meth:`pixel_features`.
+            text_embed: text embeddings ``(B, D)`` (normalised here; ``t_f``).
+            out_size: ``(H, W)`` to upsample the logits to (bilinear); ``None`` keeps the feature resolution.
+
+        Returns:
+            logits ``(B, 1, H, W)`` (or ``(B, 1, h', w')``).
+
+        Raises:
+            ValueError: when the batch sizes or embedding sizes differ.
+        """
+        if text_embed.ndim != 2 or text_embed.shape[0] != pixel_features.shape[0]:
+            raise ValueError(
+                f"GroundingDecoder: text_embed must be (B, D) with B = {pixel_features.shape[0]}, "
+                f"got {tuple(text_embed.shape)}"
+            )
+        if text_embed.shape[1] != pixel_features.shape[1]:
+            raise ValueError(
+                f"GroundingDecoder: text embedding size {text_embed.shape[1]} != pixel feature size {pixel_features.shape[1]}"
+            )
+        t = F.normalize(text_embed.to(pixel_features.dtype), dim=1)
+        cos = torch.einsum("bdhw,bd->bhw", pixel_features, t).unsqueeze(1)
+        logits = self.logit_scale.to(cos.dtype) * cos + self.logit_bias.to(cos.dtype)
+        if out_size is not None and tuple(int(s) for s in out_size) != tuple(logits.shape[-2:]):
+            logits = F.interpolate(logits, size=tuple(int(s) for s in out_size), mode="bilinear", align_corners=False)
+        return logits
+
+    def forward(
+        self,
+        patches: torch.Tensor,
+        grid: Sequence[int],
+        text_embed: torch.Tensor | None = None,
+        out_size: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Run f_g.
+
+        Args:
+            patches: patch tokens ``(B, h*w, H_v)``.
+            grid: ``(h, w)``.
+            text_embed: text embeddings ``(B, D)``; when ``None`` the per-pixel features are returned
+                (architecture.md: ``GroundingDecoder(patches, grid) -> pixel features``).
+            out_size: ``(H, W)`` of the returned logits; ``None`` keeps the feature resolution.
+
+        Returns:
+            text-guided mask logits ``(B, 1, H, W)``, or pixel features ``(B, D, 4h, 4w)`` without ``text_embed``.
+        """
+        features = self.pixel_features(patches, grid)
+        if text_embed is None:
+            return features
+        return self.text_logits(features, text_embed, out_size)

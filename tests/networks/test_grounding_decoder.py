@@ -1,0 +1,69 @@
+"""GroundingDecoder f_g: shapes, normalisation, logit scale, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dussss_monai.networks.grounding_decoder import GroundingDecoder
+
+
+def _decoder(**kw) -> GroundingDecoder:
+    torch.manual_seed(0)
+    return GroundingDecoder(in_channels=12, embed_dim=8, hidden_channels=8, **kw)
+
+
+def test_pixel_features_shape_and_unit_norm():
+    dec = _decoder()
+    feats = dec(torch.randn(2, 7 * 7, 12), (7, 7))
+    assert feats.shape == (2, 8, 28, 28)  # two x2 upsamplings: 7 -> 28 (paper: 14 -> 56)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(2, 28, 28))
+
+
+def test_text_logits_are_scaled_cosines_upsampled_to_image():
+    dec = _decoder(init_logit_scale=5.0, init_logit_bias=-1.0)
+    patches, text = torch.randn(2, 16, 12), torch.randn(2, 8)
+    feats = dec.pixel_features(patches, (4, 4))
+    low = dec.text_logits(feats, text)
+    cos = (feats * F.normalize(text, dim=1)[:, :, None, None]).sum(1, keepdim=True)
+    torch.testing.assert_close(low, 5.0 * cos - 1.0)
+    assert low.abs().max() <= 6.0 + 1e-5
+    logits = dec(patches, (4, 4), text, out_size=(64, 48))
+    assert logits.shape == (2, 1, 64, 48)
+    torch.testing.assert_close(logits, F.interpolate(low, size=(64, 48), mode="bilinear", align_corners=False))
+
+
+def test_learnable_scale_lets_masks_become_confident():
+    """sigmoid of a plain cosine is stuck in [0.27, 0.73]; the learnable scale is what allows confident masks."""
+    dec = _decoder()
+    assert torch.sigmoid(torch.tensor(1.0)) < 0.74
+    with torch.no_grad():
+        dec.log_logit_scale.fill_(torch.log(torch.tensor(50.0)))
+    feats = dec.pixel_features(torch.randn(1, 16, 12), (4, 4))
+    text = feats[:, :, 0, 0].clone()  # the text embedding equals one pixel's feature -> cosine 1 there
+    assert torch.sigmoid(dec.text_logits(feats, text))[0, 0, 0, 0] > 0.999
+
+
+def test_gradients_reach_every_parameter():
+    dec = _decoder()
+    dec(torch.randn(2, 16, 12), (4, 4), torch.randn(2, 8), (32, 32)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in dec.parameters())
+
+
+def test_logit_scale_is_clamped():
+    dec = _decoder(max_logit_scale=20.0)
+    with torch.no_grad():
+        dec.log_logit_scale.fill_(10.0)
+    assert float(dec.logit_scale.detach()) == pytest.approx(20.0)
+
+
+def test_shape_errors():
+    dec = _decoder()
+    with pytest.raises(ValueError, match="grid"):
+        dec.pixel_features(torch.randn(1, 15, 12), (4, 4))
+    feats = dec.pixel_features(torch.randn(1, 16, 12), (4, 4))
+    with pytest.raises(ValueError, match="text embedding size"):
+        dec.text_logits(feats, torch.randn(1, 5))
+    with pytest.raises(ValueError):
+        GroundingDecoder(in_channels=0, embed_dim=8)
