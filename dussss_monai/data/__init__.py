@@ -1,0 +1,54 @@
+"""Data layer: image/mask reading, LViT folders, datalists and splits, checks, transforms, demo data.
+
+See ``docs/data_format.md`` for the formats and every check's message.
+"""
+
+from __future__ import annotations
+
+from dussss_monai.data.checks import check_dataset, collect_problems
+from dussss_monai.data.datalist import (
+    holdout_validation,
+    load_datalist,
+    prepare_datalist,
+    save_datalist,
+    split_filename,
+    split_labeled,
+)
+from dussss_monai.data.demo import generate_demo_dataset
+from dussss_monai.data.image_io import read_image_2d, read_image_info, read_mask_2d
+from dussss_monai.data.lvit import read_lvit_dataset, read_text_table
+from dussss_monai.data.transforms import (
+    BinarizeMaskd,
+    ClipIntensityd,
+    LoadImage2Dd,
+    Resize2Dd,
+    eval_transforms,
+    pretrain_transforms,
+    train_transforms,
+    unlabeled_transforms,
+)
+
+__all__ = [
+    "read_image_2d",
+    "read_mask_2d",
+    "read_image_info",
+    "read_lvit_dataset",
+    "read_text_table",
+    "check_dataset",
+    "collect_problems",
+    "load_datalist",
+    "save_datalist",
+    "split_labeled",
+    "holdout_validation",
+    "split_filename",
+    "prepare_datalist",
+    "generate_demo_dataset",
+    "LoadImage2Dd",
+    "Resize2Dd",
+    "ClipIntensityd",
+    "BinarizeMaskd",
+    "train_transforms",
+    "eval_transforms",
+    "unlabeled_transforms",
+    "pretrain_transforms",
+]

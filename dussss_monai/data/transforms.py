@@ -1,0 +1,325 @@
+"""2D image + mask + text dictionary transforms and the train / eval / unlabeled / pretrain pipelines.
+
+A sample enters as a datalist item ``{"image": path, "label": path, "text": str, "name": str}`` and
+leaves as ``{"image": float32 (C, H, W) in [0, 1], "label": float32 (1, H, W) in {0, 1}, "text",
+"name"}`` (plain :class:`torch.Tensor`, so MONAI's default collate stacks tensors and makes
+``list[str]`` of the strings). ``text`` and ``name`` are never touched.
+
+Spatial augmentation (paper set-up: flips, 90-degree rotations, rotation up to +-20 degrees) uses
+MONAI's dictionary transforms, which draw one random state per call and apply it to every key, so an
+image and its mask move together; masks are rotated with nearest-neighbour interpolation and stay
+binary.
+
+Note on text: flips and 90-degree rotations change what location words mean ("left lung",
+"upper right"). The defaults follow the paper; pass ``flip=False, rotate90=False`` for training
+where the text's spatial words must stay true (e.g. the text-guided decoder on QaTa-like data).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    CopyItemsd,
+    DeleteItemsd,
+    EnsureTyped,
+    MapTransform,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotate90d,
+    RandRotated,
+    RandScaleIntensityd,
+)
+
+from dussss_monai.data.image_io import read_image_2d, read_mask_2d
+from dussss_monai.errors import ConfigError
+
+__all__ = [
+    "LoadImage2Dd",
+    "Resize2Dd",
+    "ClipIntensityd",
+    "BinarizeMaskd",
+    "spatial_augmentations",
+    "train_transforms",
+    "eval_transforms",
+    "unlabeled_transforms",
+    "pretrain_transforms",
+]
+
+
+def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 8 for s in size):
+        raise ConfigError(f"image_size must be an int >= 8 or a pair of them, got {image_size!r}")
+    return int(size[0]), int(size[1])
+
+
+class LoadImage2Dd(MapTransform):
+    """Load 2D images and binary masks from file paths (see :mod:`dussss_monai.data.image_io`).
+
+    Args:
+        keys: keys whose values are file paths to load.
+        mask_keys: the subset of ``keys`` that are masks (read with :func:`read_mask_2d`, ``(1, H, W)``
+            in ``{0, 1}``); the others are images (:func:`read_image_2d`, ``(C, H, W)`` in ``[0, 1]``).
+        channels: image channels: 1 (grey), 3 (RGB) or ``None`` (as stored).
+        scaling: intensity scaling of :func:`read_image_2d` (``"auto"`` or ``"minmax"``).
+        window: optional intensity window of :func:`read_image_2d`.
+        allow_missing_keys: skip keys absent from the data (e.g. ``label`` of unlabeled items).
+
+    Adds ``name`` (the file name of the first key present) when the data has none.
+
+    Raises:
+        DatasetError: from the readers, naming the file.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        mask_keys: KeysCollection = ("label",),
+        channels: int | None = 1,
+        scaling: str = "auto",
+        window: Sequence[float] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_keys = {mask_keys} if isinstance(mask_keys, str) else set(mask_keys)
+        if channels not in (None, 1, 3):
+            raise ConfigError(f"channels must be 1, 3 or None, got {channels!r}")
+        self.channels = channels
+        self.scaling = scaling
+        self.window = window
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            if key in self.mask_keys:
+                arr = read_mask_2d(path)
+            else:
+                arr = read_image_2d(path, channels=self.channels, scaling=self.scaling, window=self.window)  # type: ignore[arg-type]
+            if "name" not in d and isinstance(path, str):
+                d["name"] = path.replace("\\", "/").rsplit("/", 1)[-1]
+            d[key] = torch.from_numpy(arr)
+        return d
+
+
+class Resize2Dd(MapTransform):
+    """Resize 2D images (bilinear with anti-aliasing) and masks (nearest-exact, stays binary).
+
+    Bilinear interpolation with ``antialias=True`` averages properly when shrinking (e.g. 1000-pixel
+    H&E tiles to 224) and interpolates when enlarging; ``nearest-exact`` keeps mask values in
+    ``{0, 1}`` and samples at pixel centres, consistent with the image.
+
+    Args:
+        keys: keys to resize.
+        spatial_size: output ``(H, W)`` or one int for a square.
+        mask_keys: the subset of ``keys`` resized as masks.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: int | Sequence[int] = 224,
+        mask_keys: KeysCollection = ("label",),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = _size_pair(spatial_size)
+        self.mask_keys = {mask_keys} if isinstance(mask_keys, str) else set(mask_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key], dtype=torch.float32)
+            if tuple(x.shape[-2:]) == self.spatial_size:
+                d[key] = x
+                continue
+            if key in self.mask_keys:
+                y = F.interpolate(x[None], size=self.spatial_size, mode="nearest-exact")[0]
+            else:
+                y = F.interpolate(x[None], size=self.spatial_size, mode="bilinear", align_corners=False, antialias=True)[0]
+                y = y.clamp_(0.0, 1.0)
+            d[key] = y
+        return d
+
+
+class ClipIntensityd(MapTransform):
+    """Clip values to ``[low, high]`` (keeps images in ``[0, 1]`` after intensity jitter)."""
+
+    def __init__(self, keys: KeysCollection, low: float = 0.0, high: float = 1.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.low, self.high = float(low), float(high)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = torch.as_tensor(d[key]).clamp(self.low, self.high)
+        return d
+
+
+class BinarizeMaskd(MapTransform):
+    """Map mask values to ``{0, 1}`` with ``> threshold`` (a safety net after spatial transforms)."""
+
+    def __init__(self, keys: KeysCollection = ("label",), threshold: float = 0.5, allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.threshold = float(threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = (torch.as_tensor(d[key]) > self.threshold).to(torch.float32)
+        return d
+
+
+def spatial_augmentations(
+    keys: Sequence[str],
+    mask_keys: Sequence[str] = ("label",),
+    flip: bool = True,
+    rotate90: bool = True,
+    rotate_degrees: float = 20.0,
+    prob: float = 0.5,
+) -> list[MapTransform]:
+    """The paper's spatial augmentations, applied identically to all ``keys``.
+
+    Args:
+        keys: keys to augment together (an image and its masks).
+        mask_keys: keys rotated with nearest-neighbour interpolation.
+        flip: random horizontal and vertical flips.
+        rotate90: random multiples of 90 degrees.
+        rotate_degrees: random rotation in ``[-rotate_degrees, rotate_degrees]`` (0 disables it).
+        prob: probability of each transform.
+
+    Returns:
+        a list of MONAI dictionary transforms (missing keys, e.g. an absent label, are skipped).
+    """
+    keys = list(keys)
+    modes = ["nearest" if k in mask_keys else "bilinear" for k in keys]
+    out: list[MapTransform] = []
+    if flip:
+        out += [RandFlipd(keys, prob=prob, spatial_axis=1, allow_missing_keys=True),
+                RandFlipd(keys, prob=prob, spatial_axis=0, allow_missing_keys=True)]
+    if rotate90:
+        out.append(RandRotate90d(keys, prob=prob, max_k=3, allow_missing_keys=True))
+    if rotate_degrees:
+        r = math.radians(float(rotate_degrees))
+        out.append(
+            RandRotated(keys, range_x=r, prob=prob, keep_size=True, mode=modes, padding_mode="zeros",
+                        align_corners=False, allow_missing_keys=True)
+        )
+    return out
+
+
+def _finish(keys: Sequence[str]) -> list[MapTransform]:
+    return [EnsureTyped(list(keys), data_type="tensor", dtype=torch.float32, track_meta=False, allow_missing_keys=True)]
+
+
+def train_transforms(
+    image_size: int | Sequence[int] = 224,
+    channels: int | None = 1,
+    augment: bool = True,
+    keys: Sequence[str] = ("image", "label"),
+    flip: bool = True,
+    rotate90: bool = True,
+    rotate_degrees: float = 20.0,
+) -> Compose:
+    """Labeled training pipeline: load, resize, spatial augmentation (image and mask together).
+
+    Args:
+        image_size: output size (square int or ``(H, W)``).
+        channels: image channels (1, 3, ``None`` as stored).
+        augment: apply the spatial augmentations.
+        keys: the image key first, then mask keys.
+        flip, rotate90, rotate_degrees: see :func:`spatial_augmentations`.
+
+    Returns:
+        a :class:`monai.transforms.Compose`.
+    """
+    keys = list(keys)
+    masks = keys[1:]
+    xforms: list[Any] = [
+        LoadImage2Dd(keys, mask_keys=masks, channels=channels),
+        Resize2Dd(keys, image_size, mask_keys=masks),
+    ]
+    if augment:
+        xforms += spatial_augmentations(keys, masks, flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)
+        xforms += [BinarizeMaskd(masks), ClipIntensityd(keys[:1])]
+    return Compose(xforms + _finish(keys))
+
+
+def eval_transforms(
+    image_size: int | Sequence[int] = 224,
+    channels: int | None = 1,
+    keys: Sequence[str] = ("image", "label"),
+) -> Compose:
+    """Validation / test pipeline: load and resize (mask nearest), no augmentation. A missing mask is allowed."""
+    keys = list(keys)
+    masks = keys[1:]
+    return Compose(
+        [
+            LoadImage2Dd(keys, mask_keys=masks, channels=channels, allow_missing_keys=True),
+            Resize2Dd(keys, image_size, mask_keys=masks, allow_missing_keys=True),
+        ]
+        + _finish(keys)
+    )
+
+
+def unlabeled_transforms(
+    image_size: int | Sequence[int] = 224,
+    channels: int | None = 1,
+    augment: bool = True,
+    flip: bool = True,
+    rotate90: bool = True,
+    rotate_degrees: float = 20.0,
+) -> Compose:
+    """Unlabeled training pipeline: the image only (any ``label`` in the item is removed), text kept."""
+    xforms: list[Any] = [
+        DeleteItemsd(keys="label"),
+        LoadImage2Dd(["image"], mask_keys=(), channels=channels),
+        Resize2Dd(["image"], image_size, mask_keys=()),
+    ]
+    if augment:
+        xforms += spatial_augmentations(["image"], (), flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)
+        xforms.append(ClipIntensityd(["image"]))
+    return Compose(xforms + _finish(["image"]))
+
+
+def _view_augmentations(key: str, flip: bool, rotate90: bool, rotate_degrees: float) -> list[MapTransform]:
+    return spatial_augmentations([key], (), flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees) + [
+        RandScaleIntensityd(key, factors=0.1, prob=0.5),
+        RandAdjustContrastd(key, gamma=(0.8, 1.25), prob=0.5),
+        RandGaussianNoised(key, std=0.02, prob=0.3),
+        ClipIntensityd(key),
+    ]
+
+
+def pretrain_transforms(
+    image_size: int | Sequence[int] = 224,
+    channels: int | None = 1,
+    flip: bool = True,
+    rotate90: bool = True,
+    rotate_degrees: float = 20.0,
+) -> Compose:
+    """Stage-1 pipeline: ``image`` and ``image_aug``, two independently augmented views; no label.
+
+    Each view gets its own random spatial augmentation and mild intensity jitter (scale +-10 %,
+    gamma 0.8-1.25, Gaussian noise 0.02), then is clipped to ``[0, 1]``. ``text`` is kept (its
+    augmentation is :mod:`dussss_monai.data.text_augmentation`'s job).
+    """
+    xforms: list[Any] = [
+        DeleteItemsd(keys="label"),
+        LoadImage2Dd(["image"], mask_keys=(), channels=channels),
+        Resize2Dd(["image"], image_size, mask_keys=()),
+        CopyItemsd(keys="image", times=1, names="image_aug"),
+    ]
+    xforms += _view_augmentations("image", flip, rotate90, rotate_degrees)
+    xforms += _view_augmentations("image_aug", flip, rotate90, rotate_degrees)
+    return Compose(xforms + _finish(["image", "image_aug"]))
