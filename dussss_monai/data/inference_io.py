@@ -24,7 +24,7 @@ from monai.transforms import Compose, MapTransform
 from dussss_monai.data.image_io import SUPPORTED_EXTENSIONS, is_supported_image, read_image_info
 from dussss_monai.errors import ConfigError, DatasetError
 
-__all__ = ["list_images", "RecordOriginald", "inference_transforms", "DATALIST_EXTENSIONS"]
+__all__ = ["list_images", "select_split", "RecordOriginald", "inference_transforms", "DATALIST_EXTENSIONS"]
 
 DATALIST_EXTENSIONS = (".json", ".csv")
 SPLITS = ("training", "validation", "test")
@@ -98,6 +98,32 @@ def list_images(path: str | os.PathLike, split: str = "test", recursive: bool = 
         [f"{p}: unsupported input (give a folder, an image file ({', '.join(SUPPORTED_EXTENSIONS)}) or a datalist .json/.csv)"],
         header="no images to segment",
     )
+
+
+def select_split(
+    datalist: Mapping[str, Sequence[Mapping[str, Any]]], split: str, allowed: Sequence[str] = ("validation", "test")
+) -> list[dict[str, Any]]:
+    """The items of one section of a datalist, for evaluation.
+
+    Args:
+        datalist: e.g. the result of :func:`dussss_monai.data.prepare_datalist`.
+        split: the section to evaluate (``validation`` to choose models, ``test`` once at the end).
+        allowed: accepted section names.
+
+    Raises:
+        ConfigError: ``split`` not in ``allowed``.
+        DatasetError: the section is empty.
+    """
+    if split not in allowed:
+        raise ConfigError(f"split must be one of {', '.join(allowed)}; got {split!r}")
+    items = list(datalist.get(split) or [])
+    if not items:
+        filled = [s for s in SPLITS if datalist.get(s)]
+        raise DatasetError(
+            [f"the dataset has no '{split}' items (sections with items: {', '.join(filled) or 'none'})"],
+            header="nothing to evaluate",
+        )
+    return [dict(it) for it in items]
 
 
 class RecordOriginald(MapTransform):
