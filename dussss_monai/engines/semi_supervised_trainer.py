@@ -1,0 +1,428 @@
+"""Stage-2 trainer of DuSSS: VLM-guided mean teacher (method.md, "Stage 2").
+
+One iteration draws a labeled batch (Ignite's data stream, as in MONAI's ``SupervisedTrainer``) and an
+unlabeled batch (the trainer's own stream, restarted when exhausted) and computes
+
+- ``L_sup    = l(student(x_l), y_l)``
+- ``L_merged = l(student(x_u), sigmoid(teacher_logits(x_u) + text_logits(x_u)))``   (logits summed)
+- ``L_text   = l(student(x_u), sigmoid(text_logits(x_u)))``
+- ``L_semi   = (L_merged + L_text) / 2`` (the one that is switched on, if only one is)
+- ``total    = L_sup + w(t) * L_semi``; the student's optimiser steps on ``total``;
+- ``L_tg`` (text-guided loss) trains the grounding decoder f_g with its own optimiser;
+- the teacher follows the student by EMA after the student's step.
+
+The pseudo labels are detached, so the student's losses never reach f_g and L_tg never reaches the student.
+``method="mean_teacher"`` uses ``L_semi = l(student(x_u), sigmoid(teacher_logits(x_u)))`` (the same ``l``,
+soft targets, instead of the MSE of Tarvainen & Valpola, so that the methods differ only in their targets);
+``method="supervised"`` uses ``L_sup`` alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.inferers import Inferer
+from monai.transforms import Transform
+from monai.utils.enums import CommonKeys as Keys
+from torch.optim.optimizer import Optimizer
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from dussss_monai.engines.ema import ema_decay as teacher_ema_decay
+from dussss_monai.engines.schedules import ConsistencyWeight
+from dussss_monai.errors import ConfigError, DuSSSError
+from dussss_monai.handlers.nonfinite import check_finite_losses
+from dussss_monai.losses.text_guided import TextGuidedLoss
+from dussss_monai.utils.ema import ema_update
+
+if TYPE_CHECKING:
+    from ignite.engine import EventEnum
+    from ignite.metrics import Metric
+
+    from dussss_monai.refiner import VLMPseudoLabelRefiner
+
+__all__ = ["SemiSupervisedTrainer", "METHODS", "default_epoch_length"]
+
+METHODS = ("dussss", "mean_teacher", "supervised")
+
+
+def default_epoch_length(labeled_loader: Any, unlabeled_loader: Any = None) -> int | None:
+    """``max(len(labeled_loader), len(unlabeled_loader))``: one epoch visits every labeled batch and every
+    unlabeled batch (``ceil(N_u / batch_u)`` iterations without ``drop_last``) at least once.
+
+    Returns:
+        ``None`` when a loader has no length (iterable datasets).
+    """
+    lengths = [_len_or_none(labeled_loader)]
+    if unlabeled_loader is not None:
+        lengths.append(_len_or_none(unlabeled_loader))
+    if any(n is None for n in lengths):
+        return None
+    return max(int(n) for n in lengths)  # type: ignore[arg-type]
+
+
+class SemiSupervisedTrainer(SupervisedTrainer):
+    """Stage-2 trainer: DuSSS (VLM-refined mean teacher), plain mean teacher, or supervised only.
+
+    A :class:`monai.engines.SupervisedTrainer` whose ``_iteration`` is replaced, so MONAI/Ignite handlers
+    (``StatsHandler``, ``ValidationHandler``, ``CheckpointSaver``, ``LrScheduleHandler``, train metrics ...)
+    work unchanged. Train metrics see ``pred``/``label`` of the labeled batch.
+
+    For checkpoints, the engine exposes ``teacher``, ``grounding_decoder`` and ``decoder_optimizer``
+    (``None`` where the method has none); a ``CheckpointSaver`` with ``save_dict={"network": net,
+    "teacher": trainer.teacher, "grounding_decoder": trainer.grounding_decoder, "optimizer": opt,
+    "decoder_optimizer": trainer.decoder_optimizer, "trainer": trainer}`` holds the whole training state, and
+    :class:`~dussss_monai.handlers.SafeCheckpointLoader` with the same dict resumes it (iteration count, hence
+    the EMA and ramp-up schedules, teacher and optimiser states). On resume the unlabeled stream starts a new
+    pass (its pass number is derived from the iteration count, for ``DistributedSampler.set_epoch``).
+
+    Args:
+        device: device to train on.
+        max_epochs: number of epochs.
+        train_data_loader: the labeled data (dicts with ``image`` and ``label``).
+        network: the student (output: one channel of logits).
+        optimizer: the student's optimiser.
+        loss_function: the pixel-wise loss ``l(logits, target)`` with soft targets, e.g.
+            :class:`~dussss_monai.losses.SegmentationLoss`.
+        unlabeled_data_loader: the unlabeled data (dicts with ``image`` and, for DuSSS, ``text``); required
+            unless ``method="supervised"``. Iterated by the trainer itself and restarted when exhausted, so
+            each unlabeled image is used once within ``len(unlabeled_data_loader)`` iterations.
+        method: ``"dussss"``, ``"mean_teacher"`` or ``"supervised"``.
+        teacher: the teacher network; default a deep copy of ``network``. A given teacher is overwritten
+            with the student's weights at construction: the teacher always starts as an exact copy of the
+            student (method.md; the research code initialised it independently). Its parameters get
+            ``requires_grad=False``; it runs in eval mode.
+        ema_decay: upper bound of the teacher's EMA factor. After the student's step ``s`` (0-based: the
+            engine's iteration minus one) the teacher is updated with ``alpha = min(1 - 1/(s+1), ema_decay)``
+            (:func:`dussss_monai.engines.ema.ema_decay`, the research code's schedule; the paper gives no
+            alpha): the first update copies the student, the teacher then averages all student states seen
+            until ``1 - 1/(s+1)`` reaches ``ema_decay``. Floating-point buffers (BatchNorm statistics) are
+            averaged the same way.
+        consistency_weight: ``w(t)``: a number, or a callable on the 0-based iteration count such as
+            :class:`~dussss_monai.engines.schedules.ConsistencyWeight`.
+        refiner: :class:`~dussss_monai.refiner.VLMPseudoLabelRefiner` (required for ``"dussss"``).
+        decoder_optimizer: optimiser of the refiner's grounding decoder f_g (required when ``use_tg``).
+        text_guided_loss: L_tg; default :class:`~dussss_monai.losses.TextGuidedLoss`.
+        use_text_loss: include ``L_text`` in ``L_semi``.
+        use_merged: include ``L_merged`` in ``L_semi``.
+        use_tg: train f_g with ``L_tg`` (off: f_g stays as loaded).
+        epoch_length: iterations per epoch; default ``max(len(train_data_loader), len(unlabeled_data_loader))``
+            (``len(train_data_loader)`` for supervised). The labeled stream is restarted by Ignite when shorter.
+        non_blocking: see ``SupervisedTrainer``.
+        prepare_batch: parses the labeled batch, see ``SupervisedTrainer``.
+        image_key: key of the image in unlabeled batches.
+        text_key: key of the text in unlabeled batches.
+        iteration_update, inferer, postprocessing, key_train_metric, additional_metrics, metric_cmp_fn,
+        train_handlers, event_names, event_to_attr, decollate, optim_set_to_none, to_kwargs, amp_kwargs:
+            as in ``SupervisedTrainer``.
+        amp: mixed precision with a ``GradScaler``; only on CUDA (ignored with a warning on other devices).
+
+    Raises:
+        ConfigError: on an unknown method, a missing unlabeled loader / refiner / decoder optimiser, or
+            DuSSS with both ``use_merged`` and ``use_text_loss`` off.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        network: torch.nn.Module,
+        optimizer: Optimizer,
+        loss_function: Callable,
+        unlabeled_data_loader: Iterable | DataLoader | None = None,
+        method: str = "dussss",
+        teacher: torch.nn.Module | None = None,
+        ema_decay: float = 0.99,
+        consistency_weight: float | Callable[[int], float] = 1.0,
+        refiner: VLMPseudoLabelRefiner | None = None,
+        decoder_optimizer: Optimizer | None = None,
+        text_guided_loss: Callable | None = None,
+        use_text_loss: bool = True,
+        use_merged: bool = True,
+        use_tg: bool = True,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        image_key: str = "image",
+        text_key: str = "text",
+        iteration_update: Callable | None = None,
+        inferer: Inferer | None = None,
+        postprocessing: Transform | None = None,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        event_names: list[str | EventEnum | type[EventEnum]] | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = True,
+        optim_set_to_none: bool = False,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+    ) -> None:
+        method = str(method).lower()
+        if method not in METHODS:
+            raise ConfigError(f"SemiSupervisedTrainer: method must be one of {METHODS}, got {method!r}")
+        if not 0.0 <= float(ema_decay) <= 1.0:
+            raise ConfigError(f"SemiSupervisedTrainer: ema_decay must be in [0, 1], got {ema_decay}")
+        if method != "supervised" and unlabeled_data_loader is None:
+            raise ConfigError(f"SemiSupervisedTrainer: method {method!r} needs an unlabeled_data_loader")
+        if method == "supervised" and unlabeled_data_loader is not None:
+            warnings.warn("SemiSupervisedTrainer: method 'supervised' ignores the unlabeled_data_loader")
+            unlabeled_data_loader = None
+        if method == "dussss":
+            if refiner is None:
+                raise ConfigError("SemiSupervisedTrainer: method 'dussss' needs a refiner (VLMPseudoLabelRefiner)")
+            if not (use_merged or use_text_loss):
+                raise ConfigError("SemiSupervisedTrainer: method 'dussss' needs use_merged or use_text_loss")
+            if use_tg and decoder_optimizer is None:
+                raise ConfigError(
+                    "SemiSupervisedTrainer: use_tg=True needs a decoder_optimizer for the grounding decoder "
+                    "(or set use_tg=False to keep it fixed)"
+                )
+        if epoch_length is None:
+            epoch_length = default_epoch_length(train_data_loader, unlabeled_data_loader)
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+        if amp and dev.type != "cuda":
+            warnings.warn(f"SemiSupervisedTrainer: amp is only used on CUDA; disabled on {dev}")
+            amp = False
+
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            iteration_update=iteration_update,
+            inferer=inferer,
+            postprocessing=postprocessing,
+            key_train_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            train_handlers=train_handlers,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            optim_set_to_none=optim_set_to_none,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+        )
+        self.method = method
+        self.unlabeled_data_loader = unlabeled_data_loader
+        self.ema_decay = float(ema_decay)
+        self.consistency_weight: Callable[[int], float] = (
+            consistency_weight if callable(consistency_weight) else ConsistencyWeight(float(consistency_weight), 0)
+        )
+        self.use_text_loss = bool(use_text_loss)
+        self.use_merged = bool(use_merged)
+        self.use_tg = bool(use_tg) and method == "dussss"
+        self.image_key = image_key
+        self.text_key = text_key
+
+        self.teacher: torch.nn.Module | None = None
+        if method != "supervised":
+            if teacher is None:
+                teacher = copy.deepcopy(network)
+            else:
+                teacher.load_state_dict(network.state_dict())
+            teacher.requires_grad_(False)
+            self.teacher = teacher
+        self.refiner = refiner if method == "dussss" else None
+        self.grounding_decoder: torch.nn.Module | None = None if self.refiner is None else self.refiner.grounding_decoder
+        self.decoder_optimizer = decoder_optimizer if self.use_tg else None
+        self.text_guided_loss = text_guided_loss if text_guided_loss is not None else TextGuidedLoss()
+
+        self._unlabeled_iter: Iterator | None = None
+        self._unlabeled_pass = 0
+        self.state.unlabeled_batch = None  # the current unlabeled batch, for handlers
+
+    def checkpoint_objects(self, **extra: Any) -> dict[str, Any]:
+        """Everything a checkpoint needs to resume this training, for ``CheckpointSaver`` / ``SafeCheckpointLoader``.
+
+        Args:
+            extra: more objects with ``state_dict`` (e.g. ``lr_scheduler=...``); ``None`` values are skipped.
+
+        Returns:
+            ``{"network", "optimizer", "trainer"}`` plus ``"teacher"``, ``"grounding_decoder"`` and
+            ``"decoder_optimizer"`` where the method has them, plus ``extra``.
+        """
+        objects: dict[str, Any] = {"network": self.network, "optimizer": self.optimizer, "trainer": self}
+        for key in ("teacher", "grounding_decoder", "decoder_optimizer"):
+            if getattr(self, key) is not None:
+                objects[key] = getattr(self, key)
+        objects.update({k: v for k, v in extra.items() if v is not None})
+        return objects
+
+    # ------------------------------------------------------------------ unlabeled stream
+    def _start_unlabeled_pass(self) -> None:
+        loader = self.unlabeled_data_loader
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(self._unlabeled_pass)
+        self._unlabeled_iter = iter(loader)  # type: ignore[arg-type]
+
+    def next_unlabeled_batch(self) -> Any:
+        """Next unlabeled batch; a new pass over the unlabeled data starts when the previous one ends.
+
+        Raises:
+            DuSSSError: when the unlabeled loader yields nothing.
+        """
+        if self._unlabeled_iter is None:
+            n = _len_or_none(self.unlabeled_data_loader)
+            # after a resume, continue the pass numbering (DistributedSampler shuffles by pass number)
+            self._unlabeled_pass = max(self.state.iteration - 1, 0) // n if n else 0
+            self._start_unlabeled_pass()
+        try:
+            return next(self._unlabeled_iter)  # type: ignore[arg-type]
+        except StopIteration:
+            self._unlabeled_pass += 1
+            self._start_unlabeled_pass()
+            try:
+                return next(self._unlabeled_iter)  # type: ignore[arg-type]
+            except StopIteration:
+                raise DuSSSError("SemiSupervisedTrainer: the unlabeled data loader is empty") from None
+
+    def _unlabeled_inputs(self, batch: Any) -> tuple[torch.Tensor, list[str] | None]:
+        if not isinstance(batch, dict) or self.image_key not in batch:
+            raise DuSSSError(f"SemiSupervisedTrainer: unlabeled batches must be dicts with key {self.image_key!r}")
+        images = batch[self.image_key]
+        images = images.to(self.state.device, non_blocking=self.non_blocking, **self.to_kwargs)
+        texts = batch.get(self.text_key)
+        if self.method == "dussss":
+            if texts is None:
+                raise DuSSSError(
+                    f"SemiSupervisedTrainer: method 'dussss' needs the text of every unlabeled image (key {self.text_key!r})"
+                )
+            texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+        return images, texts
+
+    # ------------------------------------------------------------------ one iteration
+    def _iteration(self, engine: SemiSupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        """One stage-2 iteration (method.md, Stage 2, Losses).
+
+        Returns ``engine.state.output``: ``image``, ``label``, ``pred`` (labeled batch), ``loss`` (total),
+        ``loss_sup``, ``weight`` (``w(t)``), and for the semi-supervised methods ``loss_semi``, with DuSSS also
+        ``loss_merged`` / ``loss_text`` / ``loss_tg`` for the terms switched on. The unlabeled batch is left
+        in ``engine.state.unlabeled_batch``.
+
+        Raises:
+            ValueError: when ``batchdata`` is None.
+            DuSSSError: when a loss is NaN/Inf (before any optimiser step, naming the iteration).
+        """
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        if len(batch) == 2:
+            inputs, targets = batch
+            args: tuple = ()
+            kwargs: dict = {}
+        else:
+            inputs, targets, args, kwargs = batch
+        step = engine.state.iteration - 1
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        terms: dict[str, torch.Tensor] = {}
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.decoder_optimizer is not None:
+            engine.decoder_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        weight = float(engine.consistency_weight(step)) if engine.method != "supervised" else 0.0
+
+        use_amp = engine.amp and engine.scaler is not None
+        with torch.autocast("cuda", **engine.amp_kwargs) if use_amp else nullcontext():
+            pred = engine.inferer(inputs, engine.network, *args, **kwargs)
+            engine.state.output[Keys.PRED] = pred
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            terms["loss_sup"] = engine.loss_function(pred, targets).mean()
+            loss = terms["loss_sup"]
+            loss_tg: torch.Tensor | None = None
+            if engine.method != "supervised":
+                loss_semi, loss_tg = engine._semi_supervised_terms(terms)
+                terms["loss_semi"] = loss_semi
+                loss = loss + weight * loss_semi
+        engine.state.output[Keys.LOSS] = loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        check_finite_losses({"loss": loss, **terms}, engine.state.iteration, engine.state.epoch)
+
+        if use_amp:
+            engine.scaler.scale(loss).backward()  # type: ignore[union-attr]
+            if loss_tg is not None:
+                engine.scaler.scale(loss_tg).backward()  # type: ignore[union-attr]
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)  # type: ignore[union-attr]
+            if loss_tg is not None:
+                engine.scaler.step(engine.decoder_optimizer)  # type: ignore[union-attr]
+            engine.scaler.update()  # type: ignore[union-attr]
+        else:
+            loss.backward()
+            if loss_tg is not None:
+                loss_tg.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+            if loss_tg is not None:
+                engine.decoder_optimizer.step()  # type: ignore[union-attr]
+        if engine.teacher is not None:
+            ema_update(engine.teacher, engine.network, teacher_ema_decay(step, engine.ema_decay))
+
+        engine.state.output.update({k: v.detach() for k, v in terms.items()})
+        engine.state.output["weight"] = weight
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    def _semi_supervised_terms(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Compute ``L_semi`` (and ``L_tg`` for DuSSS) on the next unlabeled batch; fill ``terms``."""
+        batch_u = self.next_unlabeled_batch()
+        self.state.unlabeled_batch = batch_u
+        x_u, texts = self._unlabeled_inputs(batch_u)
+        student_u = self.inferer(x_u, self.network)
+        teacher = self.teacher
+        assert teacher is not None
+        teacher.eval()
+        with torch.no_grad():
+            teacher_logits = self.inferer(x_u, teacher).float()
+        if self.method == "mean_teacher":
+            return self.loss_function(student_u, torch.sigmoid(teacher_logits)).mean(), None
+
+        refiner = self.refiner
+        assert refiner is not None and texts is not None
+        refiner.train(self.use_tg)
+        with torch.set_grad_enabled(self.use_tg):
+            grounding = refiner.ground(x_u, texts)
+        # Detached targets: the student's losses never reach f_g.
+        pseudo = refiner.merge(teacher_logits, grounding.text_logits)
+        semi = []
+        if self.use_merged:
+            terms["loss_merged"] = self.loss_function(student_u, pseudo.merged).mean()
+            semi.append(terms["loss_merged"])
+        if self.use_text_loss:
+            terms["loss_text"] = self.loss_function(student_u, pseudo.text_mask).mean()
+            semi.append(terms["loss_text"])
+        loss_tg = None
+        if self.use_tg:
+            # Only f_g's output is in this graph (the VLM is frozen, the student is not involved).
+            loss_tg = self.text_guided_loss(
+                grounding.pixel_features, grounding.feature_logits, grounding.text_embed, texts
+            )
+            terms["loss_tg"] = loss_tg
+        return torch.stack(semi).mean(), loss_tg
+
+
+def _len_or_none(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+

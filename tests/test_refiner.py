@@ -1,0 +1,133 @@
+"""VLMPseudoLabelRefiner: merged pseudo label = sigmoid of summed logits, frozen VLM, text cache, f_g gradients."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dussss_monai.losses.text_guided import TextGuidedLoss
+from dussss_monai.networks.grounding_decoder import GroundingDecoder
+from dussss_monai.refiner import VLMPseudoLabelRefiner
+
+
+class FakeVLM(nn.Module):
+    """Tiny stand-in with the VLM contract: encode_image -> patches/grid/embed, encode_text -> embed."""
+
+    def __init__(self, in_channels: int = 1, hidden: int = 12, embed_dim: int = 8, patch: int = 8) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(in_channels, hidden, patch, stride=patch)
+        self.image_proj = nn.Linear(hidden, embed_dim)
+        self.text_table = nn.Embedding(97, embed_dim)
+        self.encoded_sentences: list[str] = []
+
+    def encode_image(self, x: torch.Tensor) -> SimpleNamespace:
+        p = self.patch_embed(x)
+        patches = p.flatten(2).transpose(1, 2)
+        return SimpleNamespace(embed=F.normalize(self.image_proj(patches.mean(1)), dim=1), patches=patches, grid=tuple(p.shape[-2:]))
+
+    def encode_text(self, texts: list[str]) -> SimpleNamespace:
+        self.encoded_sentences.extend(texts)
+        ids = torch.tensor([sum(map(ord, t)) % 97 for t in texts])
+        return SimpleNamespace(embed=F.normalize(self.text_table(ids), dim=1))
+
+
+def _refiner(**kw) -> VLMPseudoLabelRefiner:
+    torch.manual_seed(0)
+    return VLMPseudoLabelRefiner(FakeVLM(), GroundingDecoder(12, 8, hidden_channels=8), **kw)
+
+
+def test_merged_is_sigmoid_of_summed_logits_not_summed_probabilities():
+    teacher = torch.tensor([-3.0, -1.0, 0.0, 2.0]).view(1, 1, 2, 2)
+    text = torch.tensor([-2.0, -1.0, 1.0, -4.0]).view(1, 1, 2, 2)
+    out = VLMPseudoLabelRefiner.merge(teacher, text)
+    torch.testing.assert_close(out.merged, torch.sigmoid(teacher + text))
+    torch.testing.assert_close(out.text_mask, torch.sigmoid(text))
+    wrong = torch.sigmoid(torch.sigmoid(teacher) + torch.sigmoid(text))  # the research code's version
+    assert not torch.allclose(out.merged, wrong)
+    assert wrong.min() >= 0.5 and out.merged.min() < 0.05  # background stays background once logits are merged
+
+
+def test_forward_with_vlm_returns_detached_targets_at_image_size():
+    ref = _refiner()
+    images = torch.rand(2, 1, 32, 32)
+    teacher_logits = torch.randn(2, 1, 32, 32, requires_grad=True)
+    out = ref(images, ["left lung", "right lung"], teacher_logits)
+    assert out.merged.shape == out.text_mask.shape == out.text_logits.shape == (2, 1, 32, 32)
+    assert not out.merged.requires_grad and not out.text_mask.requires_grad
+    torch.testing.assert_close(out.merged, torch.sigmoid(teacher_logits.detach() + out.text_logits))
+    torch.testing.assert_close(out.text_logits, ref.text_logits(images, ["left lung", "right lung"]).detach())
+
+
+def test_vlm_is_frozen_and_stays_in_eval_mode():
+    ref = _refiner()
+    ref.train()
+    assert not ref.vlm.training and ref.grounding_decoder.training
+    assert all(not p.requires_grad for p in ref.vlm.parameters())
+    assert all(p.requires_grad for p in ref.grounding_decoder.parameters())
+
+
+def test_text_guided_loss_grads_reach_decoder_only():
+    ref = _refiner()
+    g = ref.ground(torch.rand(3, 1, 32, 32), ["a", "b", "c"])
+    TextGuidedLoss()(g.pixel_features, g.feature_logits, g.text_embed, ["a", "b", "c"]).backward()
+    assert all(p.grad is None for p in ref.vlm.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ref.grounding_decoder.parameters())
+
+
+def test_text_embeddings_are_cached_per_sentence():
+    ref = _refiner()
+    first = ref.encode_texts(["a", "b", "a"])
+    again = ref.encode_texts(["b", "a", "c"])
+    assert ref.vlm.encoded_sentences == ["a", "b", "c"]  # each sentence encoded once
+    torch.testing.assert_close(again[1], first[0])
+    ref.load_state_dict(ref.state_dict())  # weights may have changed: cache cleared
+    ref.encode_texts(["a"])
+    assert ref.vlm.encoded_sentences[-1] == "a"
+    with pytest.raises(TypeError):
+        ref.encode_texts("a sentence, not a list")
+
+
+def test_images_are_resized_for_the_vlm_and_masks_returned_at_input_size():
+    ref = _refiner(vlm_image_size=(32, 32))
+    logits = ref.text_logits(torch.rand(1, 1, 48, 40), ["x"])
+    assert logits.shape == (1, 1, 48, 40)
+
+
+def test_text_count_must_match_batch():
+    with pytest.raises(ValueError, match="texts"):
+        _refiner().ground(torch.rand(2, 1, 32, 32), ["only one"])
+
+
+def test_with_the_real_stage1_vlm():
+    vlm_mod = pytest.importorskip("dussss_monai.networks.vlm")
+    from dussss_monai.networks.image_encoder import ViTImageEncoder
+    from dussss_monai.networks.text_encoder import TextEncoding
+
+    class TinyTextEncoder(nn.Module):
+        hidden_size = 16
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Embedding(97, 16)
+
+        def forward(self, texts):
+            ids = torch.tensor([[sum(map(ord, t)) % 97] for t in texts])
+            tokens = self.table(ids)
+            return TextEncoding(cls=tokens[:, 0], tokens=tokens, attention_mask=torch.ones(len(texts), 1, dtype=torch.long))
+
+    torch.manual_seed(0)
+    image_encoder = ViTImageEncoder(in_channels=1, img_size=32, patch_size=8, hidden_size=16, mlp_dim=32, num_layers=1, num_heads=2)
+    vlm = vlm_mod.DuSSSVisionLanguageModel(image_encoder, TinyTextEncoder(), embed_dim=8)
+    ref = VLMPseudoLabelRefiner(vlm, GroundingDecoder(in_channels=16, embed_dim=8, hidden_channels=8))
+    images = torch.rand(2, 1, 32, 32)
+    texts = ["bilateral infection", "left lower lung"]
+    g = ref.ground(images, texts)
+    assert g.pixel_features.shape == (2, 8, 16, 16) and g.text_logits.shape == (2, 1, 32, 32)
+    out = ref(images, texts, torch.zeros(2, 1, 32, 32))
+    torch.testing.assert_close(out.merged, torch.sigmoid(out.text_logits))
+    TextGuidedLoss()(g.pixel_features, g.feature_logits, g.text_embed, texts).backward()
+    assert all(p.grad is None for p in vlm.parameters())
