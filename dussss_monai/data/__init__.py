@@ -20,6 +20,7 @@ from dussss_monai.data.lvit import read_lvit_dataset, read_text_table
 from dussss_monai.data.transforms import (
     BinarizeMaskd,
     ClipIntensityd,
+    DataPipeline,
     LoadImage2Dd,
     Resize2Dd,
     eval_transforms,
@@ -43,6 +44,7 @@ __all__ = [
     "split_filename",
     "prepare_datalist",
     "generate_demo_dataset",
+    "DataPipeline",
     "LoadImage2Dd",
     "Resize2Dd",
     "ClipIntensityd",

@@ -58,8 +58,9 @@ def _header(path: Path) -> str:
 
 def _resolve(value: Any, base: Path) -> Any:
     if isinstance(value, str) and value.strip():
-        p = Path(value.strip()).expanduser()
-        return str(p if p.is_absolute() else (base / p).resolve())
+        p = Path(value.strip())
+        # purely lexical (no file-system access): odd paths are reported later by the checks
+        return os.path.normpath(p if p.is_absolute() else base / p)
     return value
 
 

@@ -96,9 +96,16 @@ def _fail(path: PathLike, problem: str) -> DatasetError:
 def _check_file(path: PathLike) -> str:
     """Existence, emptiness and extension checks shared by every reader. Returns the extension."""
     p = Path(path)
+    try:
+        if "\x00" in str(p):
+            raise ValueError("NUL")
+        os.fsencode(str(p))
+    except (ValueError, UnicodeError) as e:
+        raise _fail(repr(str(p)), "invalid file path (contains a NUL byte or characters the file system cannot encode)") from e
     ext = file_extension(p)
     if ext not in SUPPORTED_EXTENSIONS:
-        raise _fail(p, f"unsupported file type '{ext or p.name}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
+        what = f"unsupported file type '{ext}'" if ext else "no file extension, so unsupported file type"
+        raise _fail(p, f"{what} (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
     if not p.exists():
         raise _fail(p, "file does not exist")
     if not p.is_file():
@@ -380,14 +387,11 @@ def read_mask_2d(path: PathLike) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         raise _fail(path, "mask contains NaN or infinite values")
     values = np.unique(arr)
-    top = values.max() if values.size else 0
     if values.size > 2 or (values.size == 2 and values[0] != 0) or (values.size == 1 and values[0] < 0):
         raise _fail(
             path,
             f"mask is not binary: {values.size} distinct values ({_describe_values(values)}); "
             "expected only 0 and one foreground value (0/1 or 0/255)",
         )
-    if values.size == 2 and top <= 0:
-        raise _fail(path, f"mask is not binary: values {_describe_values(values)}; expected 0 and a positive value")
     out = (arr > 0).astype(np.float32)[None]
     return np.ascontiguousarray(out)

@@ -40,9 +40,10 @@ from monai.transforms import (
 )
 
 from dussss_monai.data.image_io import read_image_2d, read_mask_2d
-from dussss_monai.errors import ConfigError
+from dussss_monai.errors import ConfigError, DuSSSError
 
 __all__ = [
+    "DataPipeline",
     "LoadImage2Dd",
     "Resize2Dd",
     "ClipIntensityd",
@@ -60,6 +61,28 @@ def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
     if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 8 for s in size):
         raise ConfigError(f"image_size must be an int >= 8 or a pair of them, got {image_size!r}")
     return int(size[0]), int(size[1])
+
+
+class DataPipeline(Compose):
+    """A :class:`monai.transforms.Compose` that lets the project's own errors through unwrapped.
+
+    MONAI wraps any exception raised inside a transform in ``RuntimeError("applying transform ...")``;
+    this subclass re-raises the original :class:`~dussss_monai.errors.DuSSSError` (e.g. the
+    :class:`~dussss_monai.errors.DatasetError` naming an unreadable file) so that entry points can
+    print its one-line message instead of a stack trace.
+    """
+
+    def __call__(self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False,
+                 lazy: bool | None = None) -> Any:
+        try:
+            return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
+        except RuntimeError as e:
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, DuSSSError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause.with_traceback(None) from None
 
 
 class LoadImage2Dd(MapTransform):
@@ -230,7 +253,7 @@ def train_transforms(
     flip: bool = True,
     rotate90: bool = True,
     rotate_degrees: float = 20.0,
-) -> Compose:
+) -> DataPipeline:
     """Labeled training pipeline: load, resize, spatial augmentation (image and mask together).
 
     Args:
@@ -241,7 +264,7 @@ def train_transforms(
         flip, rotate90, rotate_degrees: see :func:`spatial_augmentations`.
 
     Returns:
-        a :class:`monai.transforms.Compose`.
+        a :class:`DataPipeline` (a :class:`monai.transforms.Compose`).
     """
     keys = list(keys)
     masks = keys[1:]
@@ -252,18 +275,18 @@ def train_transforms(
     if augment:
         xforms += spatial_augmentations(keys, masks, flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)
         xforms += [BinarizeMaskd(masks), ClipIntensityd(keys[:1])]
-    return Compose(xforms + _finish(keys))
+    return DataPipeline(xforms + _finish(keys))
 
 
 def eval_transforms(
     image_size: int | Sequence[int] = 224,
     channels: int | None = 1,
     keys: Sequence[str] = ("image", "label"),
-) -> Compose:
+) -> DataPipeline:
     """Validation / test pipeline: load and resize (mask nearest), no augmentation. A missing mask is allowed."""
     keys = list(keys)
     masks = keys[1:]
-    return Compose(
+    return DataPipeline(
         [
             LoadImage2Dd(keys, mask_keys=masks, channels=channels, allow_missing_keys=True),
             Resize2Dd(keys, image_size, mask_keys=masks, allow_missing_keys=True),
@@ -279,7 +302,7 @@ def unlabeled_transforms(
     flip: bool = True,
     rotate90: bool = True,
     rotate_degrees: float = 20.0,
-) -> Compose:
+) -> DataPipeline:
     """Unlabeled training pipeline: the image only (any ``label`` in the item is removed), text kept."""
     xforms: list[Any] = [
         DeleteItemsd(keys="label"),
@@ -289,7 +312,7 @@ def unlabeled_transforms(
     if augment:
         xforms += spatial_augmentations(["image"], (), flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)
         xforms.append(ClipIntensityd(["image"]))
-    return Compose(xforms + _finish(["image"]))
+    return DataPipeline(xforms + _finish(["image"]))
 
 
 def _view_augmentations(key: str, flip: bool, rotate90: bool, rotate_degrees: float) -> list[MapTransform]:
@@ -307,7 +330,7 @@ def pretrain_transforms(
     flip: bool = True,
     rotate90: bool = True,
     rotate_degrees: float = 20.0,
-) -> Compose:
+) -> DataPipeline:
     """Stage-1 pipeline: ``image`` and ``image_aug``, two independently augmented views; no label.
 
     Each view gets its own random spatial augmentation and mild intensity jitter (scale +-10 %,
@@ -322,4 +345,4 @@ def pretrain_transforms(
     ]
     xforms += _view_augmentations("image", flip, rotate90, rotate_degrees)
     xforms += _view_augmentations("image_aug", flip, rotate90, rotate_degrees)
-    return Compose(xforms + _finish(["image", "image_aug"]))
+    return DataPipeline(xforms + _finish(["image", "image_aug"]))

@@ -1,0 +1,105 @@
+"""Dictionary transforms and pipelines: shapes, dtypes, ranges, binary masks, paired augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+
+from dussss_monai.data.transforms import (
+    LoadImage2Dd,
+    eval_transforms,
+    pretrain_transforms,
+    train_transforms,
+    unlabeled_transforms,
+)
+from dussss_monai.errors import DatasetError
+
+
+@pytest.fixture
+def asym_item(tmp_path, png):
+    """An asymmetric pattern (an L shape off-centre) whose mask is exactly image > 0.5."""
+    img = np.full((60, 44), 20, np.uint8)
+    img[5:40, 6:14] = 230
+    img[32:40, 6:34] = 230
+    mask = np.where(img > 127, 255, 0).astype(np.uint8)
+    return {"image": str(png(tmp_path / "a.png", img)), "label": str(png(tmp_path / "m.png", mask)),
+            "text": "Unilateral pulmonary infection, one infected area, upper left lung.", "name": "a.png"}
+
+
+def _check_sample(out, channels=1, size=32, label=True):
+    assert type(out["image"]) is torch.Tensor and out["image"].dtype == torch.float32
+    assert tuple(out["image"].shape) == (channels, size, size)
+    assert 0.0 <= float(out["image"].min()) and float(out["image"].max()) <= 1.0
+    if label:
+        assert type(out["label"]) is torch.Tensor and out["label"].dtype == torch.float32
+        assert tuple(out["label"].shape) == (1, size, size)
+        assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0}
+    else:
+        assert "label" not in out
+
+
+def test_eval_pipeline(asym_item):
+    out = eval_transforms(32)(asym_item)
+    _check_sample(out)
+    assert out["text"] == asym_item["text"] and out["name"] == "a.png"
+    assert torch.equal((out["image"] > 0.5).float(), out["label"]) or ((out["image"] > 0.5).float() != out["label"]).float().mean() < 0.03
+
+
+def test_train_augmentation_moves_image_and_mask_together(asym_item):
+    t = train_transforms(32, channels=1)
+    t.set_random_state(7)
+    seen = set()
+    for _ in range(25):
+        out = t(asym_item)
+        _check_sample(out)
+        agree = ((out["image"] > 0.5).float() == out["label"]).float().mean().item()
+        assert agree > 0.95, agree
+        seen.add(tuple(out["label"].flatten().tolist()))
+    assert len(seen) > 3  # the augmentation really changes the geometry
+
+
+def test_train_no_augment_is_deterministic_and_rgb(asym_item):
+    t = train_transforms((24, 40), channels=3, augment=False)
+    a, b = t(asym_item), t(asym_item)
+    assert tuple(a["image"].shape) == (3, 24, 40) and torch.equal(a["image"], b["image"])
+    assert torch.equal(a["image"][0], a["image"][2])
+
+
+def test_unlabeled_drops_label_and_keeps_text(asym_item):
+    out = unlabeled_transforms(32, 1)(asym_item)
+    _check_sample(out, label=False)
+    assert out["text"] == asym_item["text"]
+    no_label = {k: v for k, v in asym_item.items() if k != "label"}
+    _check_sample(unlabeled_transforms(32, 1)(no_label), label=False)
+
+
+def test_pretrain_two_independent_views(asym_item):
+    t = pretrain_transforms(32, channels=1)
+    t.set_random_state(0)
+    differ = 0
+    for _ in range(5):
+        out = t(asym_item)
+        _check_sample(out, label=False)
+        assert out["image_aug"].shape == out["image"].shape and 0 <= out["image_aug"].min() and out["image_aug"].max() <= 1
+        differ += not torch.allclose(out["image"], out["image_aug"])
+    assert differ >= 4
+
+
+def test_collate_through_dataloader(asym_item):
+    ds = Dataset([asym_item, dict(asym_item, name="b.png", text="other")], transform=train_transforms(32))
+    batch = next(iter(DataLoader(ds, batch_size=2, num_workers=0)))
+    assert batch["image"].shape == (2, 1, 32, 32) and batch["label"].shape == (2, 1, 32, 32)
+    assert batch["name"] == ["a.png", "b.png"] and batch["text"][1] == "other"
+
+
+def test_loader_error_names_file(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"xx")
+    with pytest.raises(DatasetError, match="bad.png"):
+        LoadImage2Dd(["image"], mask_keys=())({"image": str(bad)})
+    # through a whole pipeline: our error, not MONAI's RuntimeError wrapper
+    for pipeline in (eval_transforms(32), train_transforms(32), unlabeled_transforms(32), pretrain_transforms(32)):
+        with pytest.raises(DatasetError, match="bad.png: unreadable"):
+            pipeline({"image": str(bad), "label": str(bad), "text": "t"})
