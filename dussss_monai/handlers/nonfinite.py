@@ -42,6 +42,11 @@ def check_finite_losses(losses: Mapping[str, Any], iteration: int, epoch: int | 
     Raises:
         DuSSSError: naming the iteration, the epoch and every non-finite term with its value.
     """
+    tensors = [v.detach().float().reshape(-1) for v in losses.values() if isinstance(v, torch.Tensor)]
+    numbers_ok = all(_is_finite(v) for v in losses.values() if v is not None and not isinstance(v, torch.Tensor))
+    # one device synchronisation for all terms in the common (finite) case
+    if numbers_ok and (not tensors or bool(torch.isfinite(torch.cat(tensors)).all())):
+        return
     bad = {k: v for k, v in losses.items() if v is not None and not _is_finite(v)}
     if bad:
         where = f"iteration {iteration}" + (f" (epoch {epoch})" if epoch is not None else "")

@@ -1,0 +1,173 @@
+"""Stage-2 training step time: DuSSS vs mean teacher vs supervised-only, same network and batch.
+
+Each method runs in its own process (so the peak memory of one does not hide another's) on random images:
+the same student U-Net (MONAI ``UNet``), the same labeled and unlabeled batch sizes, the same number of
+iterations. DuSSS adds the frozen VLM image encoder (a MONAI ViT through :class:`ViTImageEncoder` inside
+:class:`DuSSSVisionLanguageModel`), the grounding decoder f_g with its own optimiser and L_tg, and two more
+student losses; mean teacher adds the teacher forward and the EMA update. The text encoder is a lookup
+table here: stage 2 caches text embeddings per sentence, so after the first batches a real text encoder
+costs nothing per step.
+
+Usage::
+
+    python benchmarks/stage2_step_time.py                       # small CPU defaults
+    python benchmarks/stage2_step_time.py --device cuda --size 224 --batch 16 --iters 50 \
+        --unet-channels 64 128 256 512 1024 --vit-hidden 768 --vit-layers 12 --vit-heads 12
+
+Prints mean seconds per iteration, the ratio to supervised-only, and the peak memory (CUDA: peak allocated;
+CPU: peak resident set size of the process, mostly the imported libraries at these sizes).
+
+Measured (one run each, data from an in-memory list, ``num_workers=0``):
+
+- 2-core CPU, defaults (64 px, batch 2, UNet 16-128, ViT 96 x 2 layers): s/iter 0.014 / 0.032 / 0.038,
+  i.e. x1.00 / x2.26 / x2.66 (supervised / mean teacher / DuSSS); at 128 px, batch 4: x1.00 / x1.74 / x2.18.
+- NVIDIA H200, 224 px, batch 16 + 16, UNet 32-512 (2 residual units), ViT-B/16 (768, 12 layers), D = 512,
+  f_g 128 channels, fp32: 0.024 / 0.040 / 0.086 s/iter = x1.00 / x1.65 / x3.55, peak 787 / 1557 / 2648 MiB;
+  with ``--amp``: 0.021 / 0.033 / 0.094 s/iter = x1.00 / x1.54 / x4.46, peak 492 / 878 / 1955 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+METHODS = ("supervised", "mean_teacher", "dussss")
+
+
+class LookupTextEncoder(nn.Module):
+    """Text encoder stand-in: one learned vector per sentence hash (stage 2 caches text embeddings anyway)."""
+
+    def __init__(self, hidden_size: int = 64) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.table = nn.Embedding(1024, hidden_size)
+
+    def forward(self, texts):
+        from dussss_monai.networks.text_encoder import TextEncoding
+
+        ids = torch.tensor([[hash(t) % 1024] for t in texts], device=self.table.weight.device)
+        tokens = self.table(ids)
+        return TextEncoding(cls=tokens[:, 0], tokens=tokens, attention_mask=torch.ones_like(ids))
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    from monai.networks.nets import UNet
+    from torch.utils.data import DataLoader
+
+    from dussss_monai.engines import SemiSupervisedTrainer
+    from dussss_monai.losses import SegmentationLoss
+    from dussss_monai.networks import DuSSSVisionLanguageModel, GroundingDecoder, ViTImageEncoder
+    from dussss_monai.refiner import VLMPseudoLabelRefiner
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    strides = [2] * (len(args.unet_channels) - 1)
+    net = UNet(2, 1, 1, channels=args.unet_channels, strides=strides, num_res_units=2).to(device)
+    g = torch.Generator().manual_seed(0)
+    n = args.batch * (args.iters + args.warmup)
+    texts = ["bilateral infection, lower left lung", "right upper lung", "no finding", "left lung, two areas"]
+    labeled = [
+        {"image": torch.rand(1, args.size, args.size, generator=g), "label": (torch.rand(1, args.size, args.size, generator=g) > 0.7).float()}
+        for _ in range(n)
+    ]
+    unlabeled = [{"image": torch.rand(1, args.size, args.size, generator=g), "text": texts[i % 4]} for i in range(n)]
+    refiner = decoder_opt = None
+    if args.method == "dussss":
+        vit = ViTImageEncoder(1, img_size=args.size, patch_size=args.patch, hidden_size=args.vit_hidden,
+                              mlp_dim=4 * args.vit_hidden, num_layers=args.vit_layers, num_heads=args.vit_heads)
+        vlm = DuSSSVisionLanguageModel(vit, LookupTextEncoder(), embed_dim=args.embed_dim)
+        decoder = GroundingDecoder(args.vit_hidden, args.embed_dim, hidden_channels=args.decoder_channels)
+        refiner = VLMPseudoLabelRefiner(vlm, decoder).to(device)
+        decoder_opt = torch.optim.Adam(decoder.parameters(), lr=1e-4)
+    trainer = SemiSupervisedTrainer(
+        device=device,
+        max_epochs=1,
+        train_data_loader=DataLoader(labeled, batch_size=args.batch),
+        unlabeled_data_loader=None if args.method == "supervised" else DataLoader(unlabeled, batch_size=args.batch),
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-4),
+        loss_function=SegmentationLoss(),
+        method=args.method,
+        refiner=refiner,
+        decoder_optimizer=decoder_opt,
+        amp=args.amp,
+        decollate=False,
+    )
+    times: list[float] = []
+    start = {}
+
+    def _sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    from ignite.engine import Events
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def _t0(engine):
+        _sync()
+        start["t"] = time.perf_counter()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _t1(engine):
+        _sync()
+        times.append(time.perf_counter() - start["t"])
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.run()
+    timed = times[args.warmup:]
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {"method": args.method, "sec_per_iter": sum(timed) / len(timed), "iters": len(timed), "peak_mib": peak}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=2, help="labeled and unlabeled batch size")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--unet-channels", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--vit-hidden", type=int, default=96)
+    p.add_argument("--vit-layers", type=int, default=2)
+    p.add_argument("--vit-heads", type=int, default=4)
+    p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--decoder-channels", type=int, default=32)
+    p.add_argument("--method", choices=METHODS, default=None, help="run one method in this process (internal)")
+    args = p.parse_args(argv)
+    if args.method is not None:
+        print(json.dumps(run_one(args)))
+        return
+    argv = list(sys.argv[1:] if argv is None else argv)
+    results = {}
+    for method in METHODS:
+        out = subprocess.run([sys.executable, __file__, *argv, "--method", method], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{method} failed:\n{out.stderr[-3000:]}")
+        results[method] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = results["supervised"]["sec_per_iter"]
+    print(f"device={args.device} size={args.size} batch={args.batch} iters={args.iters} unet={args.unet_channels} "
+          f"vit=({args.vit_hidden}, {args.vit_layers} layers, patch {args.patch}) amp={args.amp}")
+    print(f"{'method':<14}{'s/iter':>10}{'x supervised':>14}{'peak MiB':>11}")
+    for method in METHODS:
+        r = results[method]
+        print(f"{method:<14}{r['sec_per_iter']:>10.4f}{r['sec_per_iter'] / base:>14.2f}{r['peak_mib']:>11.0f}")
+
+
+if __name__ == "__main__":
+    main()
