@@ -30,6 +30,7 @@ __all__ = [
     "freeze",
     "check_method",
     "save_run_record",
+    "config_from_command_line",
     "environment_versions",
     "METHODS",
 ]
@@ -198,6 +199,50 @@ def environment_versions() -> dict[str, str]:
     return versions
 
 
+def config_from_command_line(argv: Sequence[str] | None = None) -> dict | None:
+    """The config a ``python -m monai.bundle run ...`` command executes: its config files merged, with the
+    command-line overrides applied (expressions are kept as written, so the record can be re-run).
+
+    Args:
+        argv: the command line, ``sys.argv`` when ``None``.
+
+    Returns:
+        the merged config, or ``None`` when the command line names no config file.
+    """
+    from fire.parser import DefaultParseValue
+    from monai.bundle import ConfigParser
+
+    args = list(sys.argv if argv is None else argv)
+    files: list[str] = []
+    overrides: dict[str, Any] = {}
+    skip = {"config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id"}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--"):
+            key, has_eq, value = a[2:].partition("=")
+            if not has_eq:
+                value = args[i + 1] if i + 1 < len(args) else "True"
+                i += 1
+            if key == "config_file":
+                v = value.strip()
+                files = list(DefaultParseValue(v)) if v.startswith("[") else v.split(",")
+            elif key not in skip:
+                overrides[key] = DefaultParseValue(value)
+        i += 1
+    if not files:
+        return None
+    try:
+        parser = ConfigParser()
+        parser.read_config(files)
+        for key, value in overrides.items():
+            parser[key.replace("#", "::")] = value
+        return parser.get()
+    except Exception as e:  # the run itself reports a broken config; the record must not mask that
+        logger.warning("could not reconstruct the config for the run record: %s", e)
+        return {"config_files": files, "overrides": overrides}
+
+
 def save_run_record(output_dir: str | os.PathLike, config: Any = None, seed: int | None = None, **extra: Any) -> str:
     """Write ``run.json`` next to a run's outputs: the seed, the versions and the full resolved config.
 
@@ -215,6 +260,8 @@ def save_run_record(output_dir: str | os.PathLike, config: Any = None, seed: int
     """
     folder = ensure_writable_dir(output_dir)
     content = config.get() if hasattr(config, "get") and not isinstance(config, Mapping) else config
+    if content is None:
+        content = config_from_command_line()
     record = {
         "seed": seed,
         "versions": environment_versions(),

@@ -81,3 +81,18 @@ def test_run_record_has_seed_versions_and_config(tmp_path: Path) -> None:
     record = json.loads(Path(path).read_text())
     assert record["seed"] == 7 and record["config"] == {"lr": 0.1} and record["method"] == "dussss"
     assert record["versions"]["torch"] == torch.__version__
+
+
+def test_config_from_command_line_applies_overrides(tmp_path: Path) -> None:
+    import json
+
+    from dussss_monai.bundle_support import config_from_command_line
+
+    cfg = tmp_path / "configs" / "train.json"
+    cfg.parent.mkdir()
+    cfg.write_text(json.dumps({"lr": 0.1, "net": {"channels": [1, 2]}, "method": "dussss"}))
+    argv = ["m", "run", "training", "--config_file", str(cfg), "--lr", "0.5", "--net#channels", "[4,8]", "--method=supervised"]
+    merged = config_from_command_line(argv)
+    merged.pop("_meta_", None)
+    assert merged == {"lr": 0.5, "net": {"channels": [4, 8]}, "method": "supervised"}
+    assert config_from_command_line(["pytest"]) is None
