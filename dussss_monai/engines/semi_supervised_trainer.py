@@ -15,6 +15,15 @@ The pseudo labels are detached, so the student's losses never reach f_g and L_tg
 ``method="mean_teacher"`` uses ``L_semi = l(student(x_u), sigmoid(teacher_logits(x_u)))`` (the same ``l``,
 soft targets, instead of the MSE of Tarvainen & Valpola, so that the methods differ only in their targets);
 ``method="supervised"`` uses ``L_sup`` alone.
+
+Multi-GPU (``torch.distributed`` initialised, ``network`` wrapped in ``DistributedDataParallel``): the teacher
+is a copy of ``network.module`` (never of the wrapper) and follows it by EMA; the student's two forward passes
+per iteration (labeled, unlabeled) before one backward are fine for DDP, which averages the gradient of the
+total loss across ranks. f_g is called through the refiner, not through DDP, so the trainer itself keeps it
+in step: f_g's parameters are broadcast from rank 0 at construction and its gradients averaged across ranks
+(all-reduce) before its optimiser steps. The teacher's floating-point buffers (BatchNorm statistics, which
+each rank updates from its own batches) are broadcast from rank 0 after every EMA update, as DDP does for
+the student's buffers, so that every rank holds the same teacher.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.inferers import Inferer
@@ -48,7 +58,7 @@ if TYPE_CHECKING:
 
     from dussss_monai.refiner import VLMPseudoLabelRefiner
 
-__all__ = ["SemiSupervisedTrainer", "METHODS", "default_epoch_length"]
+__all__ = ["SemiSupervisedTrainer", "METHODS", "default_epoch_length", "unwrap_network"]
 
 METHODS = ("dussss", "mean_teacher", "supervised")
 
@@ -234,16 +244,19 @@ class SemiSupervisedTrainer(SupervisedTrainer):
 
         self.teacher: torch.nn.Module | None = None
         if method != "supervised":
+            student = unwrap_network(network)  # never copy a DistributedDataParallel wrapper
             if teacher is None:
-                teacher = copy.deepcopy(network)
+                teacher = copy.deepcopy(student)
             else:
-                teacher.load_state_dict(network.state_dict())
+                teacher.load_state_dict(student.state_dict())
             teacher.requires_grad_(False)
             self.teacher = teacher
         self.refiner = refiner if method == "dussss" else None
         self.grounding_decoder: torch.nn.Module | None = None if self.refiner is None else self.refiner.grounding_decoder
         self.decoder_optimizer = decoder_optimizer if self.use_tg else None
         self.text_guided_loss = text_guided_loss if text_guided_loss is not None else TextGuidedLoss()
+        if self.use_tg and self.grounding_decoder is not None:
+            _broadcast_from_rank0(list(self.grounding_decoder.parameters()) + list(self.grounding_decoder.buffers()))
 
         self._unlabeled_iter: Iterator | None = None
         self._unlabeled_pass = 0
@@ -362,6 +375,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             if loss_tg is not None:
                 engine.scaler.scale(loss_tg).backward()  # type: ignore[union-attr]
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if loss_tg is not None:
+                _average_gradients(engine.grounding_decoder)  # type: ignore[arg-type]
             engine.scaler.step(engine.optimizer)  # type: ignore[union-attr]
             if loss_tg is not None:
                 engine.scaler.step(engine.decoder_optimizer)  # type: ignore[union-attr]
@@ -371,11 +386,14 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             if loss_tg is not None:
                 loss_tg.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if loss_tg is not None:
+                _average_gradients(engine.grounding_decoder)  # type: ignore[arg-type]
             engine.optimizer.step()
             if loss_tg is not None:
                 engine.decoder_optimizer.step()  # type: ignore[union-attr]
         if engine.teacher is not None:
-            ema_update(engine.teacher, engine.network, teacher_ema_decay(step, engine.ema_decay))
+            ema_update(engine.teacher, unwrap_network(engine.network), teacher_ema_decay(step, engine.ema_decay))
+            _broadcast_from_rank0([b for b in engine.teacher.buffers() if torch.is_floating_point(b)])
 
         engine.state.output.update({k: v.detach() for k, v in terms.items()})
         engine.state.output["weight"] = weight
@@ -418,6 +436,56 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             )
             terms["loss_tg"] = loss_tg
         return torch.stack(semi).mean(), loss_tg
+
+
+def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper; other modules unchanged."""
+    if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        return network.module
+    return network
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _broadcast_from_rank0(tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` in place with rank 0's values (one coalesced broadcast); no-op in one process."""
+    if _world_size() == 1 or not tensors:
+        return
+    with torch.no_grad():
+        flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
+            offset += n
+
+
+def _average_gradients(module: torch.nn.Module) -> None:
+    """All-reduce (mean) the gradients of ``module``'s trainable parameters across ranks; no-op in one process.
+
+    A parameter without a gradient on this rank contributes zeros, so every rank joins the same all-reduce.
+    """
+    world = _world_size()
+    if world == 1:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    with torch.no_grad():
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
 
 
 def _len_or_none(loader: Any) -> int | None:
