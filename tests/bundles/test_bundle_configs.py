@@ -1,0 +1,75 @@
+"""The MoNuSeg and BM-Seg configs are the QaTa-COV19 ones with the dataset's values (bundles/make_bundle_configs.py);
+every bundle's configs agree with its metadata."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = REPO_ROOT / "bundles"
+ALL = ("dussss_qata_cov19", "dussss_monuseg", "dussss_bmseg")
+FILES = ("pretrain.json", "train.json", "multi_gpu_train.json", "evaluate.json", "inference.json")
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("make_bundle_configs", BUNDLES / "make_bundle_configs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load(bundle: str, name: str) -> dict:
+    return json.loads((BUNDLES / bundle / "configs" / name).read_text())
+
+
+@pytest.mark.parametrize("bundle", ["dussss_monuseg", "dussss_bmseg"])
+def test_committed_configs_equal_generator_output(bundle):
+    gen = _generator()
+    for name, config in gen.derived_configs(bundle).items():
+        path = BUNDLES / bundle / "configs" / name
+        assert path.read_text() == gen.render(config), f"{path} is stale: run python bundles/make_bundle_configs.py"
+
+
+def test_generator_check_mode_passes():
+    assert _generator().main(["--check"]) == 0
+
+
+@pytest.mark.parametrize(
+    "bundle, dataset_dir, channels, lr, batch",
+    [("dussss_monuseg", "data/MoNuSeg", 3, 1e-3, 4), ("dussss_bmseg", "data/BM-Seg", 1, 3e-4, 16)],
+)
+def test_dataset_values(bundle, dataset_dir, channels, lr, batch):
+    train, pretrain = _load(bundle, "train.json"), _load(bundle, "pretrain.json")
+    assert (train["learning_rate"], train["batch_size"], train["in_channels"]) == (lr, batch, channels)
+    assert (pretrain["learning_rate"], pretrain["batch_size"], pretrain["in_channels"]) == (3e-5, 32, channels)
+    for name in ("pretrain.json", "train.json", "evaluate.json"):
+        assert _load(bundle, name)["dataset_dir"] == dataset_dir
+    assert _load(bundle, "inference.json")["in_channels"] == channels
+    assert train["text_encoder"] is None and pretrain["text_encoder"] is None  # offline default
+    # apart from the dataset values, train.json is QaTa's
+    qata = _load("dussss_qata_cov19", "train.json")
+    differ = {k for k in qata if qata[k] != train[k]}
+    assert differ <= {"dataset_dir", "in_channels", "learning_rate", "batch_size"}
+    assert _load(bundle, "multi_gpu_train.json") == _load("dussss_qata_cov19", "multi_gpu_train.json")
+
+
+@pytest.mark.parametrize("bundle", ALL)
+def test_configs_agree_with_metadata(bundle):
+    meta = _load(bundle, "metadata.json")
+    image = meta["network_data_format"]["inputs"]["image"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    for name in FILES:
+        config = _load(bundle, name)
+        if "in_channels" in config:
+            assert config["in_channels"] == image["num_channels"], name
+        if "image_size" in config:
+            assert [config["image_size"]] * 2 == image["spatial_shape"] == pred["spatial_shape"], name
+    inference = _load(bundle, "inference.json")
+    assert inference["network_def"]["out_channels"] == pred["num_channels"] == 1
+    for name in ("logging.conf",):
+        assert (BUNDLES / bundle / "configs" / name).read_text() == (BUNDLES / ALL[0] / "configs" / name).read_text()
+    assert (BUNDLES / bundle / "LICENSE").read_text() == (BUNDLES / ALL[0] / "LICENSE").read_text()
