@@ -40,18 +40,23 @@ DEMO_OVERRIDES: dict[str, object] = {
     "image_size": 64,
     "batch_size": 16,
     "num_workers": 0,
-    "vit_patch_size": 8,
-    "vit_hidden_size": 96,
-    "vit_mlp_dim": 192,
-    "vit_num_layers": 2,
-    "vit_num_heads": 4,
+    "image_encoder": "conv",
+    "conv_channels": [16, 32, 64],
+    "conv_hidden_size": 64,
     "embed_dim": 64,
     "decoder_channels": 32,
+    "text_max_length": 32,
+}
+
+#: Stage-1 settings of the demo (a small convolutional image encoder trained from scratch).
+PRETRAIN_OVERRIDES: dict[str, object] = {"batch_size": 32, "learning_rate": 0.001}
+
+#: Stage-2 settings of the demo (a small U-Net).
+TRAIN_OVERRIDES: dict[str, object] = {
     "unet_channels": [16, 32, 64, 128],
     "unet_strides": [2, 2, 2],
     "learning_rate": 0.003,
     "min_learning_rate": 0.0003,
-    "text_max_length": 32,
 }
 
 METHOD_TITLES = {"dussss": "DuSSS", "mean_teacher": "Mean teacher", "supervised": "Supervised only"}
@@ -97,8 +102,7 @@ def run_bundle(
 
 def _is_progress(line: str) -> bool:
     """Lines worth echoing to the console: per-epoch validation results and key messages."""
-    keys = ("Key metric", "val_mean_dice", "recall_at_1", "Epoch[", "best", "Error", "error")
-    return any(k in line for k in keys) and "Iteration" not in line
+    return ("Metrics --" in line and ("val_mean_dice" in line or "recall_at_1" in line)) or "Error" in line
 
 
 def _read_summary(path: Path) -> dict:
@@ -113,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/demo", help="where models, logs and the report go")
     parser.add_argument("--dataset_dir", default="demo_data/qata_cov19", help="where the demo data is generated")
-    parser.add_argument("--pretrain_epochs", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=8, help="stage-2 epochs, the same for every method")
+    parser.add_argument("--pretrain_epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=30, help="stage-2 epochs, the same for every method")
     parser.add_argument("--labeled_ratio", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default="dussss,mean_teacher,supervised")
@@ -146,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     run_bundle(
         BUNDLE / "configs" / "pretrain.json",
         "training",
-        {**common, "max_epochs": args.pretrain_epochs, "ckpt_dir": str(work / "models")},
+        {**common, **PRETRAIN_OVERRIDES, "max_epochs": args.pretrain_epochs, "ckpt_dir": str(work / "models"), "log_iterations": False},
         work / "logs" / "pretrain.log",
         env,
     )
@@ -161,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
             "training",
             {
                 **common,
+                **TRAIN_OVERRIDES,
                 "method": method,
                 "labeled_ratio": args.labeled_ratio,
                 "max_epochs": args.epochs,
@@ -178,7 +183,9 @@ def _run(args: argparse.Namespace) -> int:
             BUNDLE / "configs" / "evaluate.json",
             "evaluating",
             {
-                **{k: v for k, v in common.items() if k in ("dataset_dir", "bundle_root", "image_size", "unet_channels", "unet_strides")},
+                **{k: v for k, v in common.items() if k in ("dataset_dir", "bundle_root", "image_size")},
+                "unet_channels": TRAIN_OVERRIDES["unet_channels"],
+                "unet_strides": TRAIN_OVERRIDES["unet_strides"],
                 "ckpt_dir": str(ckpt_dir),
                 "output_dir": str(eval_dir),
                 "split": "validation",

@@ -123,6 +123,14 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         use_text_loss: include ``L_text`` in ``L_semi``.
         use_merged: include ``L_merged`` in ``L_semi``.
         use_tg: train f_g with ``L_tg`` (off: f_g stays as loaded).
+        pseudo_label_threshold: ``None`` trains the student on the soft pseudo labels (probabilities);
+            a value ``p`` in (0, 1) turns every pseudo label (mean teacher's, merged and text mask) into hard
+            ``{0, 1}`` labels at ``p``. The paper names no threshold; the bundles' choice is documented there.
+        grounding_supervision_weight: weight ``beta`` of an extra loss of f_g on the LABELED batch,
+            ``L_ground = l(text_logits(x_l, text_l), y_l)``, added to ``L_tg`` (f_g's own objective; the student
+            is not involved). ``0`` (default) is the paper: f_g learns from ``L_tg`` alone. Our measurements
+            on the demo data (docs/benchmarks.md) found L_tg alone gives text masks too poor to help; the
+            bundles document the value they use. Only with ``use_tg``.
         epoch_length: iterations per epoch; default ``max(len(train_data_loader), len(unlabeled_data_loader))``
             (``len(train_data_loader)`` for supervised). The labeled stream is restarted by Ignite when shorter.
         non_blocking: see ``SupervisedTrainer``.
@@ -158,6 +166,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         use_text_loss: bool = True,
         use_merged: bool = True,
         use_tg: bool = True,
+        pseudo_label_threshold: float | None = None,
+        grounding_supervision_weight: float = 0.0,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -239,6 +249,12 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self.use_text_loss = bool(use_text_loss)
         self.use_merged = bool(use_merged)
         self.use_tg = bool(use_tg) and method == "dussss"
+        if pseudo_label_threshold is not None and not 0.0 < float(pseudo_label_threshold) < 1.0:
+            raise ConfigError(f"pseudo_label_threshold must be in (0, 1) or None, got {pseudo_label_threshold}")
+        self.pseudo_label_threshold = None if pseudo_label_threshold is None else float(pseudo_label_threshold)
+        if grounding_supervision_weight < 0:
+            raise ConfigError(f"grounding_supervision_weight must be >= 0, got {grounding_supervision_weight}")
+        self.grounding_supervision_weight = float(grounding_supervision_weight) if self.use_tg else 0.0
         self.image_key = image_key
         self.text_key = text_key
 
@@ -364,6 +380,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             loss_tg: torch.Tensor | None = None
             if engine.method != "supervised":
                 loss_semi, loss_tg = engine._semi_supervised_terms(terms)
+                if engine.grounding_supervision_weight > 0 and loss_tg is not None:
+                    loss_tg = loss_tg + engine.grounding_supervision_weight * engine._grounding_supervision(
+                        batchdata, inputs, targets, terms
+                    )
                 terms["loss_semi"] = loss_semi
                 loss = loss + weight * loss_semi
         engine.state.output[Keys.LOSS] = loss
@@ -400,6 +420,28 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
+    def _grounding_supervision(
+        self, batchdata: Any, inputs: torch.Tensor, targets: torch.Tensor, terms: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``L_ground = l(f_g text logits of the labeled images and their sentences, their masks)``.
+
+        Gradients reach f_g only (the VLM is frozen and the student is not in this graph).
+        """
+        texts = batchdata.get(self.text_key) if isinstance(batchdata, dict) else None
+        if texts is None:
+            raise ConfigError(f"grounding supervision needs the sentences of the labeled images under {self.text_key!r}")
+        refiner = self.refiner
+        assert refiner is not None
+        grounding = refiner.ground(inputs, list(texts))
+        terms["loss_ground"] = self.loss_function(grounding.text_logits, targets).mean()
+        return terms["loss_ground"]
+
+    def _target(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Pseudo-label target: the soft probabilities, or hard ``{0, 1}`` labels at ``pseudo_label_threshold``."""
+        if self.pseudo_label_threshold is None:
+            return probabilities
+        return (probabilities > self.pseudo_label_threshold).to(probabilities.dtype)
+
     def _semi_supervised_terms(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Compute ``L_semi`` (and ``L_tg`` for DuSSS) on the next unlabeled batch; fill ``terms``."""
         batch_u = self.next_unlabeled_batch()
@@ -412,7 +454,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         with torch.no_grad():
             teacher_logits = self.inferer(x_u, teacher).float()
         if self.method == "mean_teacher":
-            return self.loss_function(student_u, torch.sigmoid(teacher_logits)).mean(), None
+            return self.loss_function(student_u, self._target(torch.sigmoid(teacher_logits))).mean(), None
 
         refiner = self.refiner
         assert refiner is not None and texts is not None
@@ -423,10 +465,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         pseudo = refiner.merge(teacher_logits, grounding.text_logits)
         semi = []
         if self.use_merged:
-            terms["loss_merged"] = self.loss_function(student_u, pseudo.merged).mean()
+            terms["loss_merged"] = self.loss_function(student_u, self._target(pseudo.merged)).mean()
             semi.append(terms["loss_merged"])
         if self.use_text_loss:
-            terms["loss_text"] = self.loss_function(student_u, pseudo.text_mask).mean()
+            terms["loss_text"] = self.loss_function(student_u, self._target(pseudo.text_mask)).mean()
             semi.append(terms["loss_text"])
         loss_tg = None
         if self.use_tg:

@@ -405,3 +405,34 @@ def test_non_finite_loss_raises_naming_the_iteration_before_any_step():
     _assert_same(_params(trainer.network), snapshots["network"])  # weights of iteration 2, untouched by NaN
     _assert_same(_params(trainer.teacher), snapshots["teacher"])
     _assert_same(_params(trainer.grounding_decoder), snapshots["decoder"])
+
+
+# ---------------------------------------------------------------- documented choices beyond the paper
+def test_grounding_supervision_trains_f_g_and_never_the_student():
+    plain = _make("dussss")
+    supervised_fg = _make("dussss", grounding_supervision_weight=1.0)
+    dec0 = _params(plain.grounding_decoder)
+    for t in (plain, supervised_fg):
+        t.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: e.terminate())
+        t.run()
+    # the student's step is identical with and without L_ground: L_ground has no path into the student
+    _assert_same(_params(plain.network), _params(supervised_fg.network))
+    assert "loss_ground" in supervised_fg.state.output[0] and "loss_ground" not in plain.state.output[0]
+    moved_plain = _params(plain.grounding_decoder)
+    moved_sup = _params(supervised_fg.grounding_decoder)
+    assert any(not torch.equal(moved_plain[k], moved_sup[k]) for k in dec0), "L_ground must change f_g's step"
+
+
+def test_grounding_supervision_needs_l_tg_and_a_non_negative_weight():
+    assert _make("dussss", use_tg=False, grounding_supervision_weight=1.0).grounding_supervision_weight == 0.0
+    with pytest.raises(ConfigError, match="grounding_supervision_weight"):
+        _make("dussss", grounding_supervision_weight=-1.0)
+
+
+def test_hard_pseudo_labels_at_the_threshold():
+    trainer = _make("mean_teacher", pseudo_label_threshold=0.5)
+    probs = torch.tensor([0.2, 0.5, 0.51, 0.9])
+    assert torch.equal(trainer._target(probs), torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert torch.equal(_make("mean_teacher")._target(probs), probs)  # default: soft targets
+    with pytest.raises(ConfigError, match="pseudo_label_threshold"):
+        _make("mean_teacher", pseudo_label_threshold=1.5)
