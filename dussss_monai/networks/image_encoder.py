@@ -132,18 +132,7 @@ class ViTImageEncoder(nn.Module):
         Raises:
             ConfigError: when the input shape does not match the configuration.
         """
-        if x.ndim != 4:
-            raise ConfigError(f"ViTImageEncoder expects (B, C, H, W) input, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ConfigError(f"ViTImageEncoder was built for {self.in_channels} channel(s), got {x.shape[1]}")
-        if tuple(x.shape[2:]) != self.img_size:
-            hint = "" if all(s % p == 0 for s, p in zip(x.shape[2:], self.patch_size)) else (
-                f" (and not divisible by patch_size {self.patch_size})"
-            )
-            raise ConfigError(
-                f"ViTImageEncoder was built for img_size {self.img_size}, got spatial size {tuple(x.shape[2:])}{hint}; "
-                "resize the images or set img_size"
-            )
+        _check_input("ViTImageEncoder", x, self.in_channels, self.img_size, self.patch_size)
         tokens = self.vit.patch_embedding(x)
         cls = self.vit.cls_token.expand(tokens.shape[0], -1, -1)
         tokens = torch.cat((cls, tokens), dim=1)
