@@ -29,6 +29,7 @@ __all__ = [
     "make_refiner",
     "freeze",
     "check_method",
+    "matched_epoch_length",
     "save_run_record",
     "config_from_command_line",
     "environment_versions",
@@ -85,6 +86,51 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     return method
+
+
+def matched_epoch_length(
+    datalist: Mapping[str, Sequence[Any]],
+    batch_size: int,
+    unlabeled_batch_size: int | None = None,
+    world_size: int | None = None,
+) -> int:
+    """Iterations per epoch shared by every method of a comparison: one pass over the larger of the labeled and
+    unlabeled streams, ``max(ceil(n_l / (W * b)), ceil(n_u / (W * b_u)))`` with ``W`` ranks (each rank holds
+    ``ceil(n / W)`` items, as ``DistributedSampler(even_divisible=True)``).
+
+    The supervised-only baseline uses it too, although it reads no unlabeled data, so that "30 epochs" means
+    the same number of optimiser steps and the same learning-rate schedule for supervised-only, mean teacher
+    and DuSSS (otherwise the baseline would get ``n_l / n_u`` times fewer steps).
+
+    Args:
+        datalist: output of :func:`dussss_monai.data.prepare_datalist` (keys ``labeled`` and ``unlabeled``).
+        batch_size: labeled batch size.
+        unlabeled_batch_size: unlabeled batch size (default ``batch_size``).
+        world_size: number of ranks; default the initialised process group's size, else 1.
+
+    Returns:
+        the epoch length (at least 1).
+
+    Raises:
+        ConfigError: when a batch size is not positive or ``datalist`` lacks the ``labeled`` list.
+    """
+    ub = batch_size if unlabeled_batch_size is None else unlabeled_batch_size
+    if int(batch_size) < 1 or int(ub) < 1:
+        raise ConfigError(f"batch sizes must be positive, got batch_size={batch_size}, unlabeled_batch_size={ub}")
+    if "labeled" not in datalist:
+        raise ConfigError("matched_epoch_length: the datalist has no 'labeled' list (see dussss_monai.data.prepare_datalist)")
+    if world_size is None:
+        dist = torch.distributed
+        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    w = max(int(world_size), 1)
+
+    def steps(n: int, b: int) -> int:
+        per_rank = -(-n // w)
+        return -(-per_rank // b)
+
+    n_l = len(datalist["labeled"])
+    n_u = len(datalist.get("unlabeled", []))
+    return max(steps(n_l, int(batch_size)), steps(n_u, int(ub)), 1)
 
 
 def latest_checkpoint(folder: str | os.PathLike, pattern: str = "*.pt") -> str | None:

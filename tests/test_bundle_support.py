@@ -96,3 +96,25 @@ def test_config_from_command_line_applies_overrides(tmp_path: Path) -> None:
     merged.pop("_meta_", None)
     assert merged == {"lr": 0.5, "net": {"channels": [4, 8]}, "method": "supervised"}
     assert config_from_command_line(["pytest"]) is None
+
+
+def test_matched_epoch_length_is_the_same_for_every_method():
+    from dussss_monai.bundle_support import matched_epoch_length
+
+    datalist = {"labeled": list(range(40)), "unlabeled": list(range(120))}
+    assert matched_epoch_length(datalist, 16) == 8  # ceil(120 / 16): the unlabeled stream is longer
+    assert matched_epoch_length(datalist, 16, unlabeled_batch_size=32) == 4  # max(ceil(40/16)=3, ceil(120/32)=4)
+    assert matched_epoch_length(datalist, 16, world_size=2) == 4  # 60 unlabeled items per rank
+    assert matched_epoch_length(datalist, 16, world_size=3) == 3  # 40 per rank -> 3, labeled 14 per rank -> 1
+    assert matched_epoch_length({"labeled": [1, 2, 3]}, 2) == 2  # fully labeled: labeled stream only
+    assert matched_epoch_length({"labeled": [], "unlabeled": []}, 2) == 1
+
+
+def test_matched_epoch_length_errors():
+    from dussss_monai.bundle_support import matched_epoch_length
+    from dussss_monai.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch sizes"):
+        matched_epoch_length({"labeled": [1]}, 0)
+    with pytest.raises(ConfigError, match="labeled"):
+        matched_epoch_length({"training": [1]}, 2)

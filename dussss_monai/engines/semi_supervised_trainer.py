@@ -131,6 +131,19 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             is not involved). ``0`` (default) is the paper: f_g learns from ``L_tg`` alone. Our measurements
             on the demo data (docs/benchmarks.md) found L_tg alone gives text masks too poor to help; the
             bundles document the value they use. Only with ``use_tg``.
+        text_guided_weight: weight ``gamma`` of ``L_tg`` in f_g's objective ``gamma * L_tg + beta * L_ground``.
+            ``1`` (default) is the paper. ``L_tg`` alone does not penalise the size of the text mask (pooling a
+            larger mask aligns just as well with its sentence), and on the demo data a weight of 1 next to
+            ``L_ground`` grew the masks to a third of the image; the bundles document the value they use.
+        student_noise_std: standard deviation of Gaussian noise added to the STUDENT's copy of each unlabeled
+            image (the teacher and the VLM see the clean image), the input perturbation of the original mean
+            teacher (Tarvainen & Valpola, 2017); ``0`` (default) feeds both the same image. The paper is silent.
+        consistency_loss_function: the loss of the unlabeled terms (``L_merged``, ``L_text`` and the mean
+            teacher's consistency) against their pseudo labels; default ``loss_function``. The paper uses one
+            pixel-wise loss for every term. A class-balanced loss is not minimised by the target itself (it
+            favours the rarer class), so fed its own teacher's outputs it drifts; a proper loss such as soft
+            cross-entropy (``SegmentationLoss(dice_weight=0, class_balanced=False)``) is minimised by the
+            pseudo label. The bundles document their choice and its measured effect.
         epoch_length: iterations per epoch; default ``max(len(train_data_loader), len(unlabeled_data_loader))``
             (``len(train_data_loader)`` for supervised). The labeled stream is restarted by Ignite when shorter.
         non_blocking: see ``SupervisedTrainer``.
@@ -168,6 +181,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         use_tg: bool = True,
         pseudo_label_threshold: float | None = None,
         grounding_supervision_weight: float = 0.0,
+        text_guided_weight: float = 1.0,
+        student_noise_std: float = 0.0,
+        consistency_loss_function: Callable | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -255,6 +271,20 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         if grounding_supervision_weight < 0:
             raise ConfigError(f"grounding_supervision_weight must be >= 0, got {grounding_supervision_weight}")
         self.grounding_supervision_weight = float(grounding_supervision_weight) if self.use_tg else 0.0
+        if text_guided_weight < 0:
+            raise ConfigError(f"text_guided_weight must be >= 0, got {text_guided_weight}")
+        if self.use_tg and text_guided_weight == 0 and self.grounding_supervision_weight == 0:
+            raise ConfigError(
+                "text_guided_weight and grounding_supervision_weight are both 0: f_g would have no objective "
+                "(set use_tg to false to keep f_g as loaded)"
+            )
+        self.text_guided_weight = float(text_guided_weight)
+        if student_noise_std < 0:
+            raise ConfigError(f"student_noise_std must be >= 0, got {student_noise_std}")
+        self.student_noise_std = float(student_noise_std)
+        self.consistency_loss_function: Callable = (
+            consistency_loss_function if consistency_loss_function is not None else loss_function
+        )
         self.image_key = image_key
         self.text_key = text_key
 
@@ -447,14 +477,15 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         batch_u = self.next_unlabeled_batch()
         self.state.unlabeled_batch = batch_u
         x_u, texts = self._unlabeled_inputs(batch_u)
-        student_u = self.inferer(x_u, self.network)
+        x_student = x_u + self.student_noise_std * torch.randn_like(x_u) if self.student_noise_std > 0 else x_u
+        student_u = self.inferer(x_student, self.network)
         teacher = self.teacher
         assert teacher is not None
         teacher.eval()
         with torch.no_grad():
             teacher_logits = self.inferer(x_u, teacher).float()
         if self.method == "mean_teacher":
-            return self.loss_function(student_u, self._target(torch.sigmoid(teacher_logits))).mean(), None
+            return self.consistency_loss_function(student_u, self._target(torch.sigmoid(teacher_logits))).mean(), None
 
         refiner = self.refiner
         assert refiner is not None and texts is not None
@@ -465,18 +496,18 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         pseudo = refiner.merge(teacher_logits, grounding.text_logits)
         semi = []
         if self.use_merged:
-            terms["loss_merged"] = self.loss_function(student_u, self._target(pseudo.merged)).mean()
+            terms["loss_merged"] = self.consistency_loss_function(student_u, self._target(pseudo.merged)).mean()
             semi.append(terms["loss_merged"])
         if self.use_text_loss:
-            terms["loss_text"] = self.loss_function(student_u, self._target(pseudo.text_mask)).mean()
+            terms["loss_text"] = self.consistency_loss_function(student_u, self._target(pseudo.text_mask)).mean()
             semi.append(terms["loss_text"])
         loss_tg = None
         if self.use_tg:
             # Only f_g's output is in this graph (the VLM is frozen, the student is not involved).
-            loss_tg = self.text_guided_loss(
+            terms["loss_tg"] = self.text_guided_loss(
                 grounding.pixel_features, grounding.feature_logits, grounding.text_embed, texts
             )
-            terms["loss_tg"] = loss_tg
+            loss_tg = self.text_guided_weight * terms["loss_tg"]
         return torch.stack(semi).mean(), loss_tg
 
 

@@ -436,3 +436,65 @@ def test_hard_pseudo_labels_at_the_threshold():
     assert torch.equal(_make("mean_teacher")._target(probs), probs)  # default: soft targets
     with pytest.raises(ConfigError, match="pseudo_label_threshold"):
         _make("mean_teacher", pseudo_label_threshold=1.5)
+
+
+def _first_step(trainer: SemiSupervisedTrainer) -> SemiSupervisedTrainer:
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: e.terminate())
+    trainer.run()
+    return trainer
+
+
+def test_text_guided_weight_scales_only_f_g_objective():
+    full = _first_step(_make("dussss"))
+    off = _first_step(_make("dussss", text_guided_weight=0.0, grounding_supervision_weight=1.0))
+    half = _first_step(_make("dussss", text_guided_weight=0.5, grounding_supervision_weight=1.0))
+    # the student's step does not depend on f_g's objective
+    _assert_same(_params(full.network), _params(off.network))
+    # L_tg is still reported, and its weight changes f_g's update
+    assert "loss_tg" in off.state.output[0]
+    dec_off, dec_half = _params(off.grounding_decoder), _params(half.grounding_decoder)
+    assert any(not torch.equal(dec_off[k], dec_half[k]) for k in dec_off)
+
+
+def test_text_guided_weight_rejects_negative_and_an_objective_less_f_g():
+    with pytest.raises(ConfigError, match="text_guided_weight"):
+        _make("dussss", text_guided_weight=-0.1)
+    with pytest.raises(ConfigError, match="no objective"):
+        _make("dussss", text_guided_weight=0.0)
+    # with f_g frozen (use_tg off) a zero weight is fine
+    assert _make("dussss", use_tg=False, text_guided_weight=0.0).decoder_optimizer is None
+
+
+def test_student_noise_perturbs_the_student_input_only():
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    trainer = _make("mean_teacher", student_noise_std=0.5)
+    trainer.network.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].detach().clone()))
+    trainer.teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0].detach().clone()))
+    _first_step(trainer)
+    clean = trainer.state.unlabeled_batch["image"]
+    torch.testing.assert_close(seen["teacher"][0], clean)  # the teacher sees the clean image
+    # the student's second forward (after the labeled batch) is the unlabeled batch plus noise
+    noise = seen["student"][1] - clean
+    assert 0.3 < float(noise.std()) < 0.7
+    with pytest.raises(ConfigError, match="student_noise_std"):
+        _make("mean_teacher", student_noise_std=-1.0)
+
+
+def test_consistency_loss_function_is_used_for_unlabeled_terms_only():
+    calls: list[str] = []
+
+    class Recording(nn.Module):
+        def __init__(self, name: str):
+            super().__init__()
+            self.name, self.inner = name, SegmentationLoss()
+
+        def forward(self, logits, target):
+            calls.append(self.name)
+            return self.inner(logits, target)
+
+    _first_step(_make("dussss", loss_function=Recording("sup"), consistency_loss_function=Recording("semi")))
+    assert calls.count("sup") == 1  # L_sup only
+    assert calls.count("semi") == 2  # L_merged and L_text
+    calls.clear()
+    _first_step(_make("mean_teacher", loss_function=Recording("sup")))
+    assert calls == ["sup", "sup"]  # default: the same loss for every term
