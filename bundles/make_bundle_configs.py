@@ -33,13 +33,14 @@ STAGE1 = {"learning_rate": 3e-05, "batch_size": 32}
 BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
     "dussss_monuseg": {
         "common": {"dataset_dir": "data/MoNuSeg", "in_channels": 3},
-        "train": {"learning_rate": 0.001, "batch_size": 4},
+        # the paper's flips and rot90; the QaTa-COV19 bundle turns them off because its sentences name sides
+        "train": {"learning_rate": 0.001, "batch_size": 4, "augment_flip": True, "augment_rot90": True},
         # 24 training tiles are fewer than the stage-1 batch of 32: keep the one partial batch per epoch
         "pretrain": {"train#dataloader#drop_last": "$len(@train#dataset) > @batch_size"},
     },
     "dussss_bmseg": {
         "common": {"dataset_dir": "data/BM-Seg", "in_channels": 1},
-        "train": {"learning_rate": 0.0003, "batch_size": 16},
+        "train": {"learning_rate": 0.0003, "batch_size": 16, "augment_flip": True, "augment_rot90": True},
     },
 }
 

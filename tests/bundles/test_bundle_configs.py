@@ -53,7 +53,10 @@ def test_dataset_values(bundle, dataset_dir, channels, lr, batch):
     # apart from the dataset values, train.json is QaTa's
     qata = _load("dussss_qata_cov19", "train.json")
     differ = {k for k in qata if qata[k] != train[k]}
-    assert differ <= {"dataset_dir", "in_channels", "learning_rate", "batch_size"}
+    assert differ <= {"dataset_dir", "in_channels", "learning_rate", "batch_size", "augment_flip", "augment_rot90"}
+    # QaTa's sentences name the lung side and zone, so its bundle does not flip; the others keep the paper's flips
+    assert (qata["augment_flip"], qata["augment_rot90"]) == (False, False)
+    assert (train["augment_flip"], train["augment_rot90"]) == (True, True)
     assert _load(bundle, "multi_gpu_train.json") == _load("dussss_qata_cov19", "multi_gpu_train.json")
 
 
