@@ -19,19 +19,24 @@ MoNuSeg bundle ``bundles/dussss_monuseg`` is run exactly as a user would run it,
 
 Methods: ``supervised`` (labeled images only), ``mean_teacher``, ``dussss``, ``dussss_no_sss`` (stage-1
 VLM without SSS), ``dussss_no_dcl`` (stage-1 VLM without intra-modal contrast), ``dussss_no_tg``
-(``--use_text_guided_loss false``: the grounding decoder gets no L_tg), ``supervised_full`` (supervised
+(``--use_text_guided_loss false``: the grounding decoder gets no L_tg; it still learns from the labeled
+masks when the bundle's ``grounding_supervision_weight`` is above 0), ``supervised_full`` (supervised
 with ``--labeled_ratio 1.0``; run once per seed, shown in every ratio's table).
 
 Budgets (``--budget``):
 
-- ``cpu`` (default): 128 px, the small convolutional image encoder of ``make demo`` (conv 16-32-64,
-  64-d embeddings, f_g 32 channels), U-Net 16-128, ``num_workers 0``, 30 stage-1 and 40 stage-2 epochs.
-  Measured on the project's 2-core CPU (shared with another job, so upper bounds): stage 1 about
-  2.6 s/epoch (~1.5 min for 30 epochs incl. start-up); stage 2 about 2.5 s/epoch for supervised-only,
-  4 s for the mean teacher and 5 s for DuSSS at 25 % labels (~2-4 min for 40 epochs), evaluation ~10 s.
-  The default grid (2 ratios x 3 seeds x 7 methods, 9 stage-1 runs) is therefore about 2 hours.
-- ``gpu``: the bundle defaults, i.e. the paper's setting: 224 px, ViT-B/16, U-Net 32-512, 50 stage-1
-  epochs, 100 stage-2 epochs with early stopping (patience 20), 4 loader workers, AMP on CUDA.
+- ``cpu`` (default): 128 px and otherwise the settings of ``make demo`` (``dussss_monai.demo``): the small
+  convolutional image encoder (conv 16-32-64, 64-d embeddings, f_g 32 channels), U-Net 16-128, its
+  learning rates and teacher EMA 0.9; ``num_workers 0``; 30 stage-1 and 30 stage-2 epochs.
+  Measured on the project's 2-core CPU while another job used it (2-epoch runs; the times varied 2-3x with
+  that job's load): stage 1 about 4 s/epoch + 10 s start-up, i.e. ~2 min per stage-1 run; stage 2 at 25 %
+  labels (5 iterations/epoch) 4-8 s/epoch supervised-only, 8-26 s mean teacher, 16-40 s DuSSS, i.e. per
+  30-epoch run ~2-4 min / ~4-13 min / ~8-20 min; about 60 % of that at 50 % labels (3 iterations/epoch);
+  evaluation ~8 s. The default grid (2 ratios x 3 seeds x 7 methods = 39 stage-2 runs, 9 stage-1 runs)
+  therefore takes about 4-8 hours there; on an idle 2-core machine, the lower end.
+- ``gpu``: the bundle defaults: the paper's sizes and epochs (224 px, ViT-B/16, U-Net 32-512, 50 stage-1
+  epochs, 100 stage-2 epochs with early stopping, patience 20), 4 loader workers, AMP on CUDA; the
+  pseudo-label threshold and the grounding-decoder losses are the bundle's (see its ``train.json``).
 
 ``--pretrain_epochs`` / ``--epochs`` override the epochs of either budget; ``--extra [STAGE:]KEY=VALUE``
 (repeatable) passes any further bundle override (VALUE is parsed as JSON when it can be, e.g.
@@ -58,7 +63,7 @@ Outputs in ``--workdir`` (default ``runs/benchmarks/monuseg``):
 
 Usage (from the repository root)::
 
-    # the full default grid on CPU (about 2 hours on 2 cores)
+    # the full default grid on CPU (4-8 hours on 2 busy cores)
     python benchmarks/monuseg_accuracy.py --dataset_dir ../shared/data/monuseg
     # print the commands only
     python benchmarks/monuseg_accuracy.py --dry_run
@@ -91,7 +96,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the project from this checkout
     sys.path.insert(0, str(REPO))
 
-from dussss_monai.demo import run_bundle  # noqa: E402
+from dussss_monai.demo import DEMO_OVERRIDES, run_bundle  # noqa: E402
+from dussss_monai.demo import PRETRAIN_OVERRIDES as DEMO_PRETRAIN_OVERRIDES  # noqa: E402
+from dussss_monai.demo import TRAIN_OVERRIDES as DEMO_TRAIN_OVERRIDES  # noqa: E402
 from dussss_monai.errors import ConfigError, DuSSSError  # noqa: E402
 from dussss_monai.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -162,28 +169,17 @@ class Budget:
     epochs: int | None
 
 
+#: The CPU preset reuses the ``make demo`` settings (small conv image encoder, small U-Net, learning rates, the
+#: faster teacher EMA of short runs), except the demo's 64 px and stage-2 batch of 16: MoNuSeg runs at 128 px and
+#: keeps the bundle's batch of 4 (6 labeled tiles at 25 %).
 BUDGETS: dict[str, Budget] = {
     "cpu": Budget(
-        common={
-            "image_size": 128,
-            "num_workers": 0,
-            "image_encoder": "conv",
-            "conv_channels": [16, 32, 64],
-            "conv_hidden_size": 64,
-            "embed_dim": 64,
-            "decoder_channels": 32,
-            "text_max_length": 32,
-        },
-        pretrain={"batch_size": 32, "learning_rate": 0.001},
-        train={
-            "unet_channels": [16, 32, 64, 128],
-            "unet_strides": [2, 2, 2],
-            "learning_rate": 0.003,
-            "min_learning_rate": 0.0003,
-        },
+        common={**{k: v for k, v in DEMO_OVERRIDES.items() if k not in ("image_size", "batch_size")}, "image_size": 128},
+        pretrain=dict(DEMO_PRETRAIN_OVERRIDES),
+        train=dict(DEMO_TRAIN_OVERRIDES),
         evaluate={"num_workers": 0},
         pretrain_epochs=30,
-        epochs=40,
+        epochs=30,
     ),
     "gpu": Budget(common={}, pretrain={}, train={}, evaluate={}, pretrain_epochs=None, epochs=None),
 }
@@ -423,7 +419,6 @@ class Sweep:
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p)
         self.results: list[RunResult] = []
         self.failures: list[str] = []
-        self.stage1_records: list[dict[str, Any]] = []
         self._stage1_state: dict[tuple[str, int], bool] = {}
 
     # -------------------------------------------------------------- overrides per stage
@@ -447,9 +442,8 @@ class Sweep:
     def stage1_overrides(self, variant: str, seed: int) -> dict[str, Any]:
         """Overrides of the stage-1 command of ``variant`` and ``seed``."""
         folder = self.stage1_dir(variant, seed)
-        common = {k: v for k, v in self._common(seed).items()}
         return {
-            **common,
+            **self._common(seed),
             **self.budget.pretrain,
             **STAGE1_VARIANTS[variant],
             "max_epochs": self.pretrain_epochs,
@@ -528,10 +522,8 @@ class Sweep:
         ok = True
         if done.is_file() and (folder / "models" / "vlm.pt").is_file():
             print(f"[stage 1 {variant} seed {seed}] done before, reusing {folder / 'models' / 'vlm.pt'}", flush=True)
-            record = read_json(done) or {}
         elif self.args.dry_run:
             print(format_command(self.configs["pretrain"], RUN_IDS["pretrain"], overrides))
-            record = {}
         else:
             print(f"[stage 1 {variant} seed {seed}]", flush=True)
             try:
@@ -540,19 +532,12 @@ class Sweep:
                 self.failures.append(f"stage 1 {variant} seed {seed}: {str(e).splitlines()[0]}")
                 print(f"FAILED: {e}", file=sys.stderr, flush=True)
                 ok = False
-                record = {}
             else:
                 if not (folder / "models" / "vlm.pt").is_file():
                     self.failures.append(f"stage 1 {variant} seed {seed}: no vlm.pt written (see {log})")
                     ok = False
-                    record = {}
                 else:
-                    record = {"seconds": seconds, "overrides": overrides}
-                    atomic_write_json(done, record)
-        if not self.args.dry_run and ok:
-            self.stage1_records.append(
-                {"variant": variant, "seed": seed, "seconds": record.get("seconds"), "recall_at_1": best_recall_at_1(log)}
-            )
+                    atomic_write_json(done, {"seconds": seconds, "overrides": overrides})
         self._stage1_state[key] = ok
         return ok
 
@@ -564,6 +549,7 @@ class Sweep:
         timing_path = folder / "timing.json"
         if summary_path.is_file():
             print(f"{label} done before ({summary_path}), skipped", flush=True)
+            self._warn_if_settings_differ(label, folder, self.train_overrides(spec, ratio, seed))
             self._collect(ratio, seed, spec, summary_path, timing_path)
             return
         if spec.stage1 is not None and not self.ensure_stage1(spec.stage1, seed):
@@ -596,6 +582,22 @@ class Sweep:
         if r is not None and r.method == spec.name:
             print(f"{label} validation Dice {100 * r.dice:.2f} %, IoU {100 * r.iou:.2f} %", flush=True)
 
+    @staticmethod
+    def _warn_if_settings_differ(label: str, folder: Path, train: Mapping[str, Any]) -> None:
+        """Warn when a finished run was made with other stage-2 settings than this invocation asks for."""
+        recorded = (read_json(folder / "overrides.json") or {}).get("train")
+        if not isinstance(recorded, dict):
+            return
+        current = json.loads(json.dumps(dict(train)))
+        keys = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+        if keys:
+            print(
+                f"WARNING {label}: reused, but it was run with other settings ({', '.join(keys)}); "
+                "use another --workdir to run it again with these",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def _collect(self, ratio: float, seed: int, spec: MethodSpec, summary_path: Path, timing_path: Path) -> None:
         summary = read_json(summary_path)
         if not summary or "mean_dice" not in summary:
@@ -620,6 +622,30 @@ class Sweep:
         """Run the whole plan (or print it with ``--dry_run``)."""
         for ratio, seed, spec in self.plan():
             self.run_one(ratio, seed, spec)
+
+    def stage1_records(self) -> list[dict[str, Any]]:
+        """The finished stage-1 runs the planned methods use: variant, seed, wall time and best recall@1.
+
+        Returns:
+            one dict per finished run (``seconds`` / ``recall_at_1`` ``None`` when unknown).
+        """
+        records = []
+        variants = [v for v in STAGE1_VARIANTS if any(METHODS[m].stage1 == v for m in self.args.method_list)]
+        for variant in variants:
+            for seed in self.args.seed_list:
+                folder = self.stage1_dir(variant, seed)
+                done = read_json(folder / "stage1_done.json")
+                if done is None:
+                    continue
+                records.append(
+                    {
+                        "variant": variant,
+                        "seed": seed,
+                        "seconds": done.get("seconds"),
+                        "recall_at_1": best_recall_at_1(folder / "pretrain.log"),
+                    }
+                )
+        return records
 
 
 # ----------------------------------------------------------------------------------------------- reports
@@ -699,13 +725,15 @@ def results_markdown(sweep: Sweep, command: str) -> str:
                 f"| {len(rows)} | {'/'.join(map(str, n_images)) or '–'} | {'–' if paper is None else f'{paper:.2f}'} |"
             )
         lines.append("")
-    if sweep.stage1_records:
+    stage1 = sweep.stage1_records()
+    if stage1:
         lines += ["## Stage 1 runs", "", "| variant | seed | best val recall@1 | seconds |", "|---|---|---|---|"]
-        for rec in sweep.stage1_records:
+        for rec in stage1:
             r1 = rec.get("recall_at_1")
             sec = rec.get("seconds")
+            switches = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in STAGE1_VARIANTS[rec["variant"]].items())
             lines.append(
-                f"| {rec['variant']} {STAGE1_VARIANTS[rec['variant']] or ''} | {rec['seed']} "
+                f"| {rec['variant']}{' (' + switches + ')' if switches else ''} | {rec['seed']} "
                 f"| {'–' if r1 is None else f'{r1:.3f}'} | {'–' if sec is None else f'{sec:.0f}'} |"
             )
         lines.append("")
@@ -757,6 +785,10 @@ def plot_learning_curves(sweep: Sweep, ratio: float, path: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, max(ax.get_xlim()[1], 1.5))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation Dice (%)")
     ax.set_title(f"MoNuSeg, {100 * ratio:g} % labeled, seed {seed} ({sweep.args.budget} budget)")
@@ -874,7 +906,7 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
         with torch.no_grad():
             prob = torch.sigmoid(unet(image))[0, 0].numpy()
             text_prob = torch.sigmoid(refiner.text_logits(image, [item["text"]]))[0, 0].numpy() if refiner is not None else None
-        pred = prob > 0.5
+        pred = prob >= 0.5  # the evaluation's convention (SegmentationReport: foreground = probability >= 0.5)
         inter = float((pred & label).sum())
         dice = 2 * inter / max(float(pred.sum() + label.sum()), 1.0)
         shown = image[0].permute(1, 2, 0).numpy()
@@ -886,9 +918,11 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
             panels.append((text_prob, "text mask sigmoid(f_g)", "magma"))
         axes = row.subplots(1, cols)
         for ax, (img, title, cmap) in zip(axes, panels):
-            ax.imshow(img, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
+            shown_im = ax.imshow(img, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
+        if text_prob is not None:
+            row.colorbar(shown_im, ax=axes[-1], fraction=0.046, pad=0.02)
         row.suptitle(f"{item.get('name', '')}: \"{item['text']}\"", fontsize=9)
     fig.suptitle(f"MoNuSeg validation, {100 * ratio:g} % labeled, seed {seed}: {note}", fontsize=10)
     buf = io.BytesIO()
