@@ -75,8 +75,12 @@ def run_one(args: argparse.Namespace) -> dict:
     n = args.batch * (args.iters + args.warmup)
     texts = ["bilateral infection, lower left lung", "right upper lung", "no finding", "left lung, two areas"]
     labeled = [
-        {"image": torch.rand(1, args.size, args.size, generator=g), "label": (torch.rand(1, args.size, args.size, generator=g) > 0.7).float()}
-        for _ in range(n)
+        {
+            "image": torch.rand(1, args.size, args.size, generator=g),
+            "label": (torch.rand(1, args.size, args.size, generator=g) > 0.7).float(),
+            "text": texts[i % 4],
+        }
+        for i in range(n)
     ]
     unlabeled = [{"image": torch.rand(1, args.size, args.size, generator=g), "text": texts[i % 4]} for i in range(n)]
     refiner = decoder_opt = None
@@ -98,6 +102,8 @@ def run_one(args: argparse.Namespace) -> dict:
         method=args.method,
         refiner=refiner,
         decoder_optimizer=decoder_opt,
+        grounding_supervision_weight=args.grounding_supervision_weight,
+        text_guided_weight=args.text_guided_weight,
         amp=args.amp,
         decollate=False,
     )
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vit-heads", type=int, default=4)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--decoder-channels", type=int, default=32)
+    p.add_argument("--grounding-supervision-weight", type=float, default=1.0,
+                   help="beta of f_g's supervision on the labeled masks (bundle default 1.0; the paper: 0)")
+    p.add_argument("--text-guided-weight", type=float, default=0.1, help="weight of L_tg (bundle default 0.1)")
     p.add_argument("--method", choices=METHODS, default=None, help="run one method in this process (internal)")
     args = p.parse_args(argv)
     if args.method is not None:

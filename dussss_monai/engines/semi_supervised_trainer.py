@@ -51,6 +51,7 @@ from dussss_monai.errors import ConfigError, DuSSSError
 from dussss_monai.handlers.nonfinite import check_finite_losses
 from dussss_monai.losses.text_guided import TextGuidedLoss
 from dussss_monai.utils.ema import ema_update
+from dussss_monai.refiner import GroundingResult
 
 if TYPE_CHECKING:
     from ignite.engine import EventEnum
@@ -409,11 +410,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             loss = terms["loss_sup"]
             loss_tg: torch.Tensor | None = None
             if engine.method != "supervised":
-                loss_semi, loss_tg = engine._semi_supervised_terms(terms)
-                if engine.grounding_supervision_weight > 0 and loss_tg is not None:
-                    loss_tg = loss_tg + engine.grounding_supervision_weight * engine._grounding_supervision(
-                        batchdata, inputs, targets, terms
-                    )
+                labeled = None
+                if engine.use_tg and engine.grounding_supervision_weight > 0:
+                    labeled = (inputs, targets, engine._labeled_texts(batchdata))
+                loss_semi, loss_tg = engine._semi_supervised_terms(terms, labeled)
                 terms["loss_semi"] = loss_semi
                 loss = loss + weight * loss_semi
         engine.state.output[Keys.LOSS] = loss
@@ -450,21 +450,12 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
-    def _grounding_supervision(
-        self, batchdata: Any, inputs: torch.Tensor, targets: torch.Tensor, terms: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        """``L_ground = l(f_g text logits of the labeled images and their sentences, their masks)``.
-
-        Gradients reach f_g only (the VLM is frozen and the student is not in this graph).
-        """
+    def _labeled_texts(self, batchdata: Any) -> list[str]:
+        """The sentences of the labeled batch (needed by the grounding supervision of f_g)."""
         texts = batchdata.get(self.text_key) if isinstance(batchdata, dict) else None
         if texts is None:
             raise ConfigError(f"grounding supervision needs the sentences of the labeled images under {self.text_key!r}")
-        refiner = self.refiner
-        assert refiner is not None
-        grounding = refiner.ground(inputs, list(texts))
-        terms["loss_ground"] = self.loss_function(grounding.text_logits, targets).mean()
-        return terms["loss_ground"]
+        return [texts] if isinstance(texts, str) else [str(t) for t in texts]
 
     def _target(self, probabilities: torch.Tensor) -> torch.Tensor:
         """Pseudo-label target: the soft probabilities, or hard ``{0, 1}`` labels at ``pseudo_label_threshold``."""
@@ -472,8 +463,17 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             return probabilities
         return (probabilities > self.pseudo_label_threshold).to(probabilities.dtype)
 
-    def _semi_supervised_terms(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Compute ``L_semi`` (and ``L_tg`` for DuSSS) on the next unlabeled batch; fill ``terms``."""
+    def _semi_supervised_terms(
+        self, terms: dict[str, torch.Tensor], labeled: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Compute ``L_semi`` on the next unlabeled batch, and for DuSSS f_g's objective; fill ``terms``.
+
+        f_g's objective is ``text_guided_weight * L_tg`` on the unlabeled batch, plus, when ``labeled`` =
+        ``(images, masks, sentences)`` is given, ``grounding_supervision_weight * L_ground`` with ``L_ground =
+        l(text logits of the labeled images, their masks)``. The labeled and unlabeled images then go through
+        the frozen VLM and f_g in ONE batched forward (both are per-sample: eval-mode VLM, instance-norm f_g),
+        which is what keeps the supervision cheap on a GPU. Gradients of ``L_ground`` reach f_g only.
+        """
         batch_u = self.next_unlabeled_batch()
         self.state.unlabeled_batch = batch_u
         x_u, texts = self._unlabeled_inputs(batch_u)
@@ -490,8 +490,18 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         refiner = self.refiner
         assert refiner is not None and texts is not None
         refiner.train(self.use_tg)
+        grounding_l: GroundingResult | None = None
         with torch.set_grad_enabled(self.use_tg):
-            grounding = refiner.ground(x_u, texts)
+            if labeled is None:
+                grounding = refiner.ground(x_u, texts)
+            elif labeled[0].shape[1:] == x_u.shape[1:]:
+                n_u = x_u.shape[0]
+                both = refiner.ground(torch.cat([x_u, labeled[0].to(x_u.dtype)]), list(texts) + list(labeled[2]))
+                grounding = GroundingResult(*(t[:n_u] for t in both))
+                grounding_l = GroundingResult(*(t[n_u:] for t in both))
+            else:  # labeled and unlabeled images of different sizes: two forwards
+                grounding = refiner.ground(x_u, texts)
+                grounding_l = refiner.ground(labeled[0], labeled[2])
         # Detached targets: the student's losses never reach f_g.
         pseudo = refiner.merge(teacher_logits, grounding.text_logits)
         semi = []
@@ -508,6 +518,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 grounding.pixel_features, grounding.feature_logits, grounding.text_embed, texts
             )
             loss_tg = self.text_guided_weight * terms["loss_tg"]
+            if grounding_l is not None and labeled is not None:
+                terms["loss_ground"] = self.loss_function(grounding_l.text_logits, labeled[1]).mean()
+                loss_tg = loss_tg + self.grounding_supervision_weight * terms["loss_ground"]
         return torch.stack(semi).mean(), loss_tg
 
 

@@ -498,3 +498,25 @@ def test_consistency_loss_function_is_used_for_unlabeled_terms_only():
     calls.clear()
     _first_step(_make("mean_teacher", loss_function=Recording("sup")))
     assert calls == ["sup", "sup"]  # default: the same loss for every term
+
+
+def test_grounding_supervision_shares_one_vlm_forward_and_matches_a_separate_one():
+    trainer = _make("dussss", grounding_supervision_weight=1.0, n_unlabeled=4, batch_u=2)
+    before = copy.deepcopy(trainer.refiner)
+    calls: list[int] = []
+    original = trainer.refiner.ground
+
+    def counting_ground(images, texts):
+        calls.append(images.shape[0])
+        return original(images, texts)
+
+    trainer.refiner.ground = counting_ground
+    _first_step(trainer)
+    assert calls == [2 + 1], "labeled (1) and unlabeled (2) images must go through the VLM and f_g together"
+    out = trainer.state.output[0]
+    # L_ground from the joint forward equals L_ground from a forward on the labeled images alone
+    before.train(True)
+    # (outputs are decollated: one dict per labeled image, without the batch dimension)
+    separate = before.ground(out["image"][None], ["left lung"])  # _data's first labeled text
+    expected = SegmentationLoss()(separate.text_logits, out["label"][None])
+    assert float(out["loss_ground"]) == pytest.approx(float(expected), rel=1e-4)
