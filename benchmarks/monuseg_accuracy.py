@@ -96,7 +96,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the project from this checkout
     sys.path.insert(0, str(REPO))
 
-from dussss_monai.demo import DEMO_OVERRIDES, run_bundle  # noqa: E402
+from dussss_monai.demo import DEMO_OVERRIDES, bundle_command, run_bundle  # noqa: E402
 from dussss_monai.demo import PRETRAIN_OVERRIDES as DEMO_PRETRAIN_OVERRIDES  # noqa: E402
 from dussss_monai.demo import TRAIN_OVERRIDES as DEMO_TRAIN_OVERRIDES  # noqa: E402
 from dussss_monai.errors import ConfigError, DuSSSError  # noqa: E402
@@ -263,11 +263,7 @@ def format_command(config: Path, run_id: str, overrides: Mapping[str, Any]) -> s
     Returns:
         the command line.
     """
-    parts = ["python", "-m", "monai.bundle", "run", run_id, "--config_file", str(config)]
-    for key, value in overrides.items():
-        text = json.dumps(value).replace(" ", "") if isinstance(value, (list, tuple, dict)) else str(value)
-        parts += [f"--{key}", text]
-    return shlex.join(parts)
+    return shlex.join(["python", *bundle_command(config, run_id, overrides)[1:]])
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

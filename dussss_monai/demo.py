@@ -25,13 +25,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dussss_monai.errors import DuSSSError
 from dussss_monai.utils.io import atomic_write_text
 
-__all__ = ["main", "DEMO_OVERRIDES", "run_bundle"]
+__all__ = ["main", "DEMO_OVERRIDES", "run_bundle", "bundle_command"]
 
 BUNDLE = Path("bundles") / "dussss_qata_cov19"
 
@@ -72,6 +72,23 @@ def _arg(value: object) -> str:
     return str(value)
 
 
+def bundle_command(config: Path, run_id: str, overrides: Mapping[str, object]) -> list[str]:
+    """The argument list of ``python -m monai.bundle run <run_id> --config_file <config> --key value ...``.
+
+    Args:
+        config: the bundle config file.
+        run_id: the workflow to run (``training``, ``evaluating`` ...).
+        overrides: command-line overrides; lists and dicts are passed as compact JSON.
+
+    Returns:
+        the command, starting with this interpreter (``sys.executable``).
+    """
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", _arg(value)]
+    return cmd
+
+
 def run_bundle(
     config: Path, run_id: str, overrides: dict[str, object], log_file: Path, env: dict[str, str] | None = None
 ) -> float:
@@ -83,10 +100,8 @@ def run_bundle(
     Raises:
         DuSSSError: when the workflow fails; the message names the log file and shows its last lines.
     """
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config)]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", _arg(value)]
-    print("$ " + " ".join(cmd[1:] if cmd[0] == sys.executable else cmd), flush=True)
+    cmd = bundle_command(config, run_id, overrides)
+    print("$ " + " ".join(cmd[1:]), flush=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log_file, "w", encoding="utf-8") as log:

@@ -366,7 +366,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 raise DuSSSError(
                     f"SemiSupervisedTrainer: method 'dussss' needs the text of every unlabeled image (key {self.text_key!r})"
                 )
-            texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+            texts = _as_text_list(texts)
         return images, texts
 
     # ------------------------------------------------------------------ one iteration
@@ -455,7 +455,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         texts = batchdata.get(self.text_key) if isinstance(batchdata, dict) else None
         if texts is None:
             raise ConfigError(f"grounding supervision needs the sentences of the labeled images under {self.text_key!r}")
-        return [texts] if isinstance(texts, str) else [str(t) for t in texts]
+        return _as_text_list(texts)
 
     def _target(self, probabilities: torch.Tensor) -> torch.Tensor:
         """Pseudo-label target: the soft probabilities, or hard ``{0, 1}`` labels at ``pseudo_label_threshold``."""
@@ -522,6 +522,11 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 terms["loss_ground"] = self.loss_function(grounding_l.text_logits, labeled[1]).mean()
                 loss_tg = loss_tg + self.grounding_supervision_weight * terms["loss_ground"]
         return torch.stack(semi).mean(), loss_tg
+
+
+def _as_text_list(texts: Any) -> list[str]:
+    """The sentences of a batch as a list of strings (a collated batch of one may hold a bare string)."""
+    return [texts] if isinstance(texts, str) else [str(t) for t in texts]
 
 
 def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
+from bundle_cli import run_bundle_cli
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLM_TINY = {"image_size": "32", "num_workers": "0", "vit_patch_size": "8", "vit_hidden_size": "32", "vit_mlp_dim": "64",
             "vit_num_layers": "1", "vit_num_heads": "2", "embed_dim": "16", "text_max_length": "16"}
 UNET_TINY = {"unet_channels": "[4,8]", "unet_strides": "[2]"}
 
 pytestmark = pytest.mark.slow
-
-
-def _run(run_id: str | None, config: Path, overrides: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else []) + ["--config_file", str(config)]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", v]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 
 
 def _ok(res: subprocess.CompletedProcess) -> None:
@@ -58,10 +50,10 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
     root = tmp_path / "bundle"
     common = {"dataset_dir": str(data), "bundle_root": str(root), "max_epochs": "1"}
 
-    _ok(_run("training", configs / "pretrain.json", {**common, **VLM_TINY, **pretrain_extra}, tmp_path))
+    _ok(run_bundle_cli("training", configs / "pretrain.json", {**common, **VLM_TINY, **pretrain_extra}, tmp_path))
     assert (root / "models" / "vlm.pt").is_file()
 
-    _ok(_run("training", configs / "train.json",
+    _ok(run_bundle_cli("training", configs / "train.json",
              {**common, **VLM_TINY, **UNET_TINY, "decoder_channels": "8", "batch_size": "2"}, tmp_path))
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
@@ -71,12 +63,12 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
     assert len(datalist["validation"]) == (3 if has_val else 2)  # BM-Seg: held out of the 10 training images
 
     small = {"image_size": "32", "num_workers": "0", **UNET_TINY, "bundle_root": str(root)}
-    _ok(_run("evaluating", configs / "evaluate.json", {**small, "dataset_dir": str(data)}, tmp_path))
+    _ok(run_bundle_cli("evaluating", configs / "evaluate.json", {**small, "dataset_dir": str(data)}, tmp_path))
     rows = list(csv.DictReader(open(root / "eval" / "per_image_metrics.csv", newline="")))
     assert len(rows) == len(datalist["validation"])
 
     out = tmp_path / "masks"
-    _ok(_run(None, configs / "inference.json", {**small, "input_dir": str(data / "Test_Folder" / "img"), "output_dir": str(out)}, tmp_path))
+    _ok(run_bundle_cli(None, configs / "inference.json", {**small, "input_dir": str(data / "Test_Folder" / "img"), "output_dir": str(out)}, tmp_path))
     masks = sorted(out.glob("*_mask.png"))
     assert len(masks) == 2
     assert all(np.asarray(Image.open(m)).shape == (48, 48) for m in masks)
@@ -86,7 +78,7 @@ def test_monuseg_real_data_one_tiny_epoch(monuseg_dir, tmp_path):
     """Stage 2, supervised, on the real 1000x1000 RGB tiles (24 train + 6 val) at image_size 64."""
     configs = REPO_ROOT / "bundles" / "dussss_monuseg" / "configs"
     root = tmp_path / "bundle"
-    _ok(_run("training", configs / "train.json",
+    _ok(run_bundle_cli("training", configs / "train.json",
              {"dataset_dir": str(monuseg_dir), "bundle_root": str(root), "max_epochs": "1", "method": "supervised",
               "image_size": "64", "num_workers": "0", **UNET_TINY}, tmp_path))
     _small_unet(3).load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True), strict=True)

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from bundle_cli import run_bundle_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "bundles" / "dussss_qata_cov19" / "configs"
@@ -38,21 +37,13 @@ def _save_random_model(bundle_root: Path, in_channels: int = 1) -> Path:
     return path
 
 
-def _run(run_id: str | None, config: Path, overrides: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else []) + ["--config_file", str(config)]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", v]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
-
-
 def test_evaluate_config_writes_report(tmp_path):
     from dussss_monai.data import generate_demo_dataset
 
     data = generate_demo_dataset(tmp_path / "data", n_train=4, n_val=3, n_test=2, image_size=48, seed=0)
     root = tmp_path / "bundle"
     _save_random_model(root)
-    res = _run("evaluating", CONFIGS / "evaluate.json",
+    res = run_bundle_cli("evaluating", CONFIGS / "evaluate.json",
                {**SMALL, "bundle_root": str(root), "dataset_dir": str(data), "split": "test"}, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     eval_dir = root / "eval"
@@ -70,7 +61,7 @@ def test_evaluate_config_missing_checkpoint_names_it(tmp_path):
 
     data = generate_demo_dataset(tmp_path / "data", n_train=4, n_val=2, n_test=0, image_size=48, seed=0)
     root = tmp_path / "bundle"
-    res = _run("evaluating", CONFIGS / "evaluate.json", {**SMALL, "bundle_root": str(root), "dataset_dir": str(data)}, cwd=tmp_path)
+    res = run_bundle_cli("evaluating", CONFIGS / "evaluate.json", {**SMALL, "bundle_root": str(root), "dataset_dir": str(data)}, cwd=tmp_path)
     assert res.returncode != 0
     assert str(root / "models" / "model.pt") in res.stderr
 
@@ -85,7 +76,7 @@ def test_inference_config_writes_masks_at_original_size(tmp_path):
     for name, (h, w) in sizes.items():
         Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(inputs / name)
     out = tmp_path / "masks"
-    res = _run(None, CONFIGS / "inference.json",
+    res = run_bundle_cli(None, CONFIGS / "inference.json",
                {**SMALL, "bundle_root": str(root), "input_dir": str(inputs), "output_dir": str(out)}, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     written = sorted(p.name for p in out.iterdir())
