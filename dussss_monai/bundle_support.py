@@ -27,6 +27,8 @@ __all__ = [
     "load_state_dict_into",
     "load_frozen_vlm",
     "make_refiner",
+    "make_inferer",
+    "scoring_postprocessing",
     "freeze",
     "check_method",
     "matched_epoch_length",
@@ -214,11 +216,14 @@ def make_refiner(
     vlm_checkpoint: str | os.PathLike,
     pretrain_config: str = "configs/pretrain.json",
     device: str | torch.device = "cpu",
+    vlm_image_size: int | Sequence[int] | None = None,
 ) -> nn.Module | None:
     """Build the VLM pseudo-label refiner for ``method == "dussss"``; ``None`` for the other methods.
 
     The stage-1 VLM is loaded from ``vlm_checkpoint`` and frozen; the grounding decoder stays trainable
-    (it is trained by the text-guided loss in stage 2).
+    (it is trained by the text-guided loss in stage 2). ``vlm_image_size`` is the input size the stage-1
+    image encoder was trained at: images of another size (native-resolution patches) are resized to it
+    before encoding, and their text masks come back at the images' size.
 
     Raises:
         ConfigError: when ``method`` is unknown.
@@ -229,7 +234,64 @@ def make_refiner(
     from dussss_monai.refiner import VLMPseudoLabelRefiner
 
     load_frozen_vlm(vlm, vlm_checkpoint, pretrain_config)
-    return VLMPseudoLabelRefiner(vlm=vlm, grounding_decoder=grounding_decoder).to(device)
+    if isinstance(vlm_image_size, int):
+        vlm_image_size = (vlm_image_size, vlm_image_size)
+    return VLMPseudoLabelRefiner(vlm=vlm, grounding_decoder=grounding_decoder, vlm_image_size=vlm_image_size).to(device)
+
+
+def make_inferer(patch_size: int | Sequence[int] | None = None, sw_batch_size: int = 4, overlap: float = 0.25):
+    """The inferer that matches how a network was trained.
+
+    Args:
+        patch_size: ``None`` for a network trained on resized whole images (MONAI ``SimpleInferer``); the
+            training patch size for one trained on native-resolution patches: a Gaussian-weighted
+            ``SlidingWindowInferer`` with windows of that size (the nnU-Net way of predicting a large image).
+        sw_batch_size: windows per forward pass.
+        overlap: fraction of overlap between neighbouring windows.
+
+    Returns:
+        a :class:`monai.inferers.Inferer`.
+
+    Raises:
+        ConfigError: a patch size that is not a positive int or pair, or an overlap outside ``[0, 1)``.
+    """
+    from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+    if patch_size is None:
+        return SimpleInferer()
+    roi = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    if len(roi) != 2 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in roi):
+        raise ConfigError(f"patch_size must be a positive int or a pair of them, got {patch_size!r}")
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ConfigError(f"sliding-window overlap must be in [0, 1), got {overlap!r}")
+    return SlidingWindowInferer(roi_size=roi, sw_batch_size=int(sw_batch_size), overlap=float(overlap), mode="gaussian")
+
+
+def scoring_postprocessing(score_size: int | Sequence[int] | None = None, threshold: float = 0.5):
+    """Validation post-processing: sigmoid, threshold, then (optionally) prediction and mask on one grid.
+
+    The DuSSS/LViT protocol scores per-image Dice on 224 x 224 (method.md). A network trained on resized
+    images already predicts on that grid; one trained on native-resolution patches predicts at native size,
+    so its binary prediction and the ground-truth mask are both resized to ``score_size`` with
+    nearest-neighbour interpolation (the same way for both, as method.md asks) before the metric.
+
+    Args:
+        score_size: the scoring grid, or ``None`` to score at the size the prediction has.
+        threshold: foreground threshold on the sigmoid.
+
+    Returns:
+        a :class:`monai.transforms.Compose` over the ``pred`` and ``label`` keys (and ``image``, resized with them).
+    """
+    from monai.transforms import Activationsd, AsDiscreted, Compose
+
+    from dussss_monai.data.transforms import Resize2Dd
+
+    xforms = [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=float(threshold))]
+    if score_size is not None:
+        # the image too (bilinear), for reports that draw prediction and mask over it
+        keys = ["image", "pred", "label"]
+        xforms.append(Resize2Dd(keys, score_size, mask_keys=["pred", "label"], allow_missing_keys=True))
+    return Compose(xforms)
 
 
 def environment_versions() -> dict[str, str]:

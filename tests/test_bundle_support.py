@@ -118,3 +118,38 @@ def test_matched_epoch_length_errors():
         matched_epoch_length({"labeled": [1]}, 0)
     with pytest.raises(ConfigError, match="labeled"):
         matched_epoch_length({"training": [1]}, 2)
+
+
+def test_make_inferer_matches_training_mode() -> None:
+    from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+    from dussss_monai.bundle_support import make_inferer
+
+    assert isinstance(make_inferer(None), SimpleInferer)
+    sw = make_inferer(16, sw_batch_size=2)
+    assert isinstance(sw, SlidingWindowInferer) and tuple(sw.roi_size) == (16, 16)
+    # a network that sees its whole input predicts the same through 16 x 16 windows as at once
+    net = nn.Conv2d(1, 1, 1)
+    x = torch.rand(1, 1, 40, 28)
+    with torch.no_grad():
+        assert torch.allclose(sw(x, net), net(x), atol=1e-5)
+    for bad in (0, (16,), "16", True):
+        with pytest.raises(ConfigError, match="patch_size"):
+            make_inferer(bad)
+    with pytest.raises(ConfigError, match="overlap"):
+        make_inferer(16, overlap=1.0)
+
+
+def test_scoring_postprocessing_puts_prediction_and_mask_on_the_score_grid() -> None:
+    from dussss_monai.bundle_support import scoring_postprocessing
+
+    label = torch.zeros(1, 100, 60)
+    label[:, 20:60, 10:30] = 1
+    item = {"pred": (label * 8 - 4).clone(), "label": label.clone(), "image": torch.rand(3, 100, 60)}
+    out = scoring_postprocessing(32)(dict(item))
+    assert tuple(out["pred"].shape[-2:]) == (32, 32) and tuple(out["label"].shape[-2:]) == (32, 32)
+    assert tuple(out["image"].shape) == (3, 32, 32)
+    assert set(torch.unique(out["pred"]).tolist()) == {0.0, 1.0}
+    assert torch.equal(out["pred"], out["label"])  # the same resize for both
+    native = scoring_postprocessing(None)(dict(item))
+    assert tuple(native["pred"].shape[-2:]) == (100, 60) and torch.equal(native["pred"], label)

@@ -167,13 +167,20 @@ def inference_transforms(
     image_size: int | Sequence[int] = 224,
     channels: int | None = 1,
     image_key: str = "image",
+    patch_size: int | Sequence[int] | None = None,
 ) -> Compose:
     """Inference pipeline: :class:`RecordOriginald`, then the evaluation pipeline on the image only.
 
     The loading, intensity scaling and resizing are exactly those of validation/test
     (:func:`dussss_monai.data.transforms.eval_transforms`), so a model sees at inference what it was
-    selected on.
+    selected on. With ``patch_size`` (a model trained on native-resolution patches) the image keeps its
+    native size, for a sliding-window inferer.
     """
     from dussss_monai.data.transforms import eval_transforms
 
-    return Compose([RecordOriginald(image_key), eval_transforms(image_size=image_size, channels=channels, keys=(image_key,))])
+    return Compose(
+        [
+            RecordOriginald(image_key),
+            eval_transforms(image_size=image_size, channels=channels, keys=(image_key,), patch_size=patch_size),
+        ]
+    )

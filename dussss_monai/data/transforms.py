@@ -10,6 +10,16 @@ MONAI's dictionary transforms, which draw one random state per call and apply it
 image and its mask move together; masks are rotated with nearest-neighbour interpolation and stay
 binary.
 
+Two ways to bring an image to the network (``patch_size``):
+
+- ``patch_size=None`` (the paper's protocol): every image is resized to ``image_size`` for training,
+  validation and inference.
+- ``patch_size=P``: training takes random ``P x P`` crops at the image's native resolution (padded
+  first when an image is smaller than ``P``); validation and inference keep the native resolution and
+  are meant to run with a sliding-window inferer of ``P x P`` windows
+  (:func:`dussss_monai.bundle_support.make_inferer`). Resizing 1000-pixel H&E tiles to 224 leaves nuclei
+  a few pixels wide; native-resolution patches keep them (method.md, "Training set-up reported").
+
 Note on text: flips and 90-degree rotations change what location words mean ("left lung",
 "upper right"). The defaults follow the paper; pass ``flip=False, rotate90=False`` for training
 where the text's spatial words must stay true (e.g. the text-guided decoder on QaTa-like data).
@@ -37,6 +47,8 @@ from monai.transforms import (
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
+    RandSpatialCropd,
+    SpatialPadd,
 )
 
 from dussss_monai.data.image_io import read_image_2d, read_mask_2d
@@ -49,6 +61,7 @@ __all__ = [
     "ClipIntensityd",
     "BinarizeMaskd",
     "spatial_augmentations",
+    "to_network_size",
     "train_transforms",
     "eval_transforms",
     "unlabeled_transforms",
@@ -245,6 +258,41 @@ def _finish(keys: Sequence[str]) -> list[MapTransform]:
     return [EnsureTyped(list(keys), data_type="tensor", dtype=torch.float32, track_meta=False, allow_missing_keys=True)]
 
 
+def to_network_size(
+    keys: Sequence[str],
+    image_size: int | Sequence[int] | None,
+    patch_size: int | Sequence[int] | None = None,
+    mask_keys: Sequence[str] = ("label",),
+    allow_missing_keys: bool = False,
+) -> list[MapTransform]:
+    """Bring loaded images (and their masks) to what the network is trained on.
+
+    Args:
+        keys: keys transformed together (an image and its masks).
+        image_size: resize target when ``patch_size`` is ``None``; ``None`` keeps the native size.
+        patch_size: when given, a random ``patch_size`` crop at native resolution (zero-padded first
+            where the image is smaller), identical for all ``keys``; ``image_size`` is then not used.
+        mask_keys: the subset of ``keys`` resized as masks.
+        allow_missing_keys: skip absent keys.
+
+    Returns:
+        a list of MONAI dictionary transforms (possibly empty).
+
+    Raises:
+        ConfigError: a size that is not positive.
+    """
+    keys = list(keys)
+    if patch_size is not None:
+        roi = _size_pair(patch_size)
+        return [
+            SpatialPadd(keys, spatial_size=roi, mode="constant", allow_missing_keys=allow_missing_keys),
+            RandSpatialCropd(keys, roi_size=roi, random_size=False, allow_missing_keys=allow_missing_keys),
+        ]
+    if image_size is None:
+        return []
+    return [Resize2Dd(keys, image_size, mask_keys=[k for k in keys if k in mask_keys], allow_missing_keys=allow_missing_keys)]
+
+
 def train_transforms(
     image_size: int | Sequence[int] = 224,
     channels: int | None = 1,
@@ -253,15 +301,17 @@ def train_transforms(
     flip: bool = True,
     rotate90: bool = True,
     rotate_degrees: float = 20.0,
+    patch_size: int | Sequence[int] | None = None,
 ) -> DataPipeline:
-    """Labeled training pipeline: load, resize, spatial augmentation (image and mask together).
+    """Labeled training pipeline: load, resize (or crop a patch), spatial augmentation (image and mask together).
 
     Args:
-        image_size: output size (square int or ``(H, W)``).
+        image_size: output size (square int or ``(H, W)``) when ``patch_size`` is ``None``.
         channels: image channels (1, 3, ``None`` as stored).
         augment: apply the spatial augmentations.
         keys: the image key first, then mask keys.
         flip, rotate90, rotate_degrees: see :func:`spatial_augmentations`.
+        patch_size: random native-resolution crops of this size instead of resizing (module docstring).
 
     Returns:
         a :class:`DataPipeline` (a :class:`monai.transforms.Compose`).
@@ -270,7 +320,7 @@ def train_transforms(
     masks = keys[1:]
     xforms: list[Any] = [
         LoadImage2Dd(keys, mask_keys=masks, channels=channels),
-        Resize2Dd(keys, image_size, mask_keys=masks),
+        *to_network_size(keys, image_size, patch_size, mask_keys=masks),
     ]
     if augment:
         xforms += spatial_augmentations(keys, masks, flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)
@@ -282,14 +332,19 @@ def eval_transforms(
     image_size: int | Sequence[int] = 224,
     channels: int | None = 1,
     keys: Sequence[str] = ("image", "label"),
+    patch_size: int | Sequence[int] | None = None,
 ) -> DataPipeline:
-    """Validation / test pipeline: load and resize (mask nearest), no augmentation. A missing mask is allowed."""
+    """Validation / test pipeline: load and resize (mask nearest), no augmentation. A missing mask is allowed.
+
+    With ``patch_size`` set (patch training) nothing is resized: the image keeps its native resolution,
+    for a sliding-window inferer of ``patch_size`` windows.
+    """
     keys = list(keys)
     masks = keys[1:]
     return DataPipeline(
         [
             LoadImage2Dd(keys, mask_keys=masks, channels=channels, allow_missing_keys=True),
-            Resize2Dd(keys, image_size, mask_keys=masks, allow_missing_keys=True),
+            *to_network_size(keys, None if patch_size is not None else image_size, None, masks, allow_missing_keys=True),
         ]
         + _finish(keys)
     )
@@ -302,12 +357,16 @@ def unlabeled_transforms(
     flip: bool = True,
     rotate90: bool = True,
     rotate_degrees: float = 20.0,
+    patch_size: int | Sequence[int] | None = None,
 ) -> DataPipeline:
-    """Unlabeled training pipeline: the image only (any ``label`` in the item is removed), text kept."""
+    """Unlabeled training pipeline: the image only (any ``label`` in the item is removed), text kept.
+
+    ``patch_size``: random native-resolution crops instead of resizing, as in :func:`train_transforms`.
+    """
     xforms: list[Any] = [
         DeleteItemsd(keys="label"),
         LoadImage2Dd(["image"], mask_keys=(), channels=channels),
-        Resize2Dd(["image"], image_size, mask_keys=()),
+        *to_network_size(["image"], image_size, patch_size, mask_keys=()),
     ]
     if augment:
         xforms += spatial_augmentations(["image"], (), flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)

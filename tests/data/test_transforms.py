@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import DataLoader, Dataset
+from PIL import Image
 
 from dussss_monai.data.transforms import (
     LoadImage2Dd,
@@ -103,3 +104,30 @@ def test_loader_error_names_file(tmp_path):
     for pipeline in (eval_transforms(32), train_transforms(32), unlabeled_transforms(32), pretrain_transforms(32)):
         with pytest.raises(DatasetError, match="bad.png: unreadable"):
             pipeline({"image": str(bad), "label": str(bad), "text": "t"})
+
+
+def test_patch_training_crops_at_native_resolution_with_image_and_mask_together(asym_item):
+    """patch_size: a random native-resolution crop (no resize), the same window for image and mask."""
+    pipe = train_transforms(image_size=224, channels=1, patch_size=24, flip=False, rotate90=False, rotate_degrees=0)
+    origins = set()
+    for seed in range(8):
+        pipe.set_random_state(seed)
+        out = pipe(dict(asym_item))
+        _check_sample(out, size=24)
+        # the mask is exactly image > 0.5 in the file: true of the crop only if both took the same window
+        assert torch.equal(out["label"], (out["image"] > 0.5).float())
+        origins.add(tuple(out["image"][0].flatten()[:50].tolist()))
+    assert len(origins) > 1  # the window moves between draws
+
+
+def test_patch_larger_than_image_is_padded(asym_item):
+    out = train_transforms(channels=1, patch_size=(64, 64), augment=False)(dict(asym_item))  # the image is 60 x 44
+    _check_sample(out, size=64)
+    assert int(out["label"].sum()) == int(np.sum(np.asarray(Image.open(asym_item["label"])) > 0))
+
+
+def test_patch_mode_eval_and_unlabeled_keep_native_size(asym_item):
+    ev = eval_transforms(image_size=32, channels=1, patch_size=24)(dict(asym_item))
+    assert tuple(ev["image"].shape) == (1, 60, 44) and tuple(ev["label"].shape) == (1, 60, 44)
+    un = unlabeled_transforms(image_size=32, channels=1, patch_size=24)(dict(asym_item))
+    _check_sample(un, size=24, label=False)
