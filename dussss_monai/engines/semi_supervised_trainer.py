@@ -29,6 +29,7 @@ the student's buffers, so that every rank holds the same teacher.
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -127,6 +128,11 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         pseudo_label_threshold: ``None`` trains the student on the soft pseudo labels (probabilities);
             a value ``p`` in (0, 1) turns every pseudo label (mean teacher's, merged and text mask) into hard
             ``{0, 1}`` labels at ``p``. The paper names no threshold; the bundles' choice is documented there.
+        ignore_uncertain_pixels: with ``pseudo_label_threshold`` ``p``, leave out of each consistency term the
+            pixels whose pseudo-label probability lies in ``[1 - p, p]`` (confidence masking, as FixMatch):
+            only confident foreground (``> p``) and confident background (``< 1 - p``) pixels teach the
+            student, instead of every uncertain pixel being taught "background". The consistency loss must
+            accept a ``mask`` keyword (:class:`~dussss_monai.losses.SegmentationLoss` does).
         grounding_supervision_weight: weight ``beta`` of an extra loss of f_g on the LABELED batch,
             ``L_ground = l(text_logits(x_l, text_l), y_l)``, added to ``L_tg`` (f_g's own objective; the student
             is not involved). ``0`` (default) is the paper: f_g learns from ``L_tg`` alone. Our measurements
@@ -181,6 +187,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         use_merged: bool = True,
         use_tg: bool = True,
         pseudo_label_threshold: float | None = None,
+        ignore_uncertain_pixels: bool = False,
         grounding_supervision_weight: float = 0.0,
         text_guided_weight: float = 1.0,
         student_noise_std: float = 0.0,
@@ -286,6 +293,18 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self.consistency_loss_function: Callable = (
             consistency_loss_function if consistency_loss_function is not None else loss_function
         )
+        self.ignore_uncertain_pixels = bool(ignore_uncertain_pixels)
+        if self.ignore_uncertain_pixels:
+            if self.pseudo_label_threshold is None or self.pseudo_label_threshold <= 0.5:
+                raise ConfigError(
+                    "ignore_uncertain_pixels needs a pseudo_label_threshold above 0.5 (the confidence a pixel must "
+                    f"reach), got {pseudo_label_threshold}"
+                )
+            if not _accepts_keyword(self.consistency_loss_function, "mask"):
+                raise ConfigError(
+                    "ignore_uncertain_pixels needs a consistency loss that takes a `mask` keyword "
+                    f"(e.g. dussss_monai.losses.SegmentationLoss); got {type(self.consistency_loss_function).__name__}"
+                )
         self.image_key = image_key
         self.text_key = text_key
 
@@ -463,6 +482,20 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             return probabilities
         return (probabilities > self.pseudo_label_threshold).to(probabilities.dtype)
 
+    def _consistency(self, student_logits: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+        """One consistency term: the consistency loss of the student against a pseudo label.
+
+        With ``ignore_uncertain_pixels`` only the confident pixels (probability above the threshold ``p`` or
+        below ``1 - p``) count.
+        """
+        target = self._target(probabilities)
+        if not self.ignore_uncertain_pixels:
+            return self.consistency_loss_function(student_logits, target).mean()
+        p = self.pseudo_label_threshold
+        assert p is not None
+        confident = ((probabilities > p) | (probabilities < 1.0 - p)).to(student_logits.dtype)
+        return self.consistency_loss_function(student_logits, target, mask=confident).mean()
+
     def _semi_supervised_terms(
         self, terms: dict[str, torch.Tensor], labeled: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -485,7 +518,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         with torch.no_grad():
             teacher_logits = self.inferer(x_u, teacher).float()
         if self.method == "mean_teacher":
-            return self.consistency_loss_function(student_u, self._target(torch.sigmoid(teacher_logits))).mean(), None
+            return self._consistency(student_u, torch.sigmoid(teacher_logits)), None
 
         refiner = self.refiner
         assert refiner is not None and texts is not None
@@ -506,10 +539,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         pseudo = refiner.merge(teacher_logits, grounding.text_logits)
         semi = []
         if self.use_merged:
-            terms["loss_merged"] = self.consistency_loss_function(student_u, self._target(pseudo.merged)).mean()
+            terms["loss_merged"] = self._consistency(student_u, pseudo.merged)
             semi.append(terms["loss_merged"])
         if self.use_text_loss:
-            terms["loss_text"] = self.consistency_loss_function(student_u, self._target(pseudo.text_mask)).mean()
+            terms["loss_text"] = self._consistency(student_u, pseudo.text_mask)
             semi.append(terms["loss_text"])
         loss_tg = None
         if self.use_tg:
@@ -522,6 +555,16 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 terms["loss_ground"] = self.loss_function(grounding_l.text_logits, labeled[1]).mean()
                 loss_tg = loss_tg + self.grounding_supervision_weight * terms["loss_ground"]
         return torch.stack(semi).mean(), loss_tg
+
+
+def _accepts_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` (a function or an ``nn.Module``, whose ``forward`` is inspected) takes keyword ``name``."""
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _as_text_list(texts: Any) -> list[str]:

@@ -16,7 +16,9 @@ from torch import nn
 __all__ = ["SegmentationLoss", "class_balanced_bce_with_logits"]
 
 
-def class_balanced_bce_with_logits(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def class_balanced_bce_with_logits(
+    logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Class-balanced binary cross-entropy on logits with soft targets.
 
     ``0.5 * sum(-t log p) / sum(t) + 0.5 * sum(-(1-t) log(1-p)) / sum(1-t)``, ``p = sigmoid(logits)``, sums over the
@@ -29,12 +31,16 @@ def class_balanced_bce_with_logits(logits: torch.Tensor, target: torch.Tensor, e
         logits: ``(B, 1, H, W)`` (any shape equal to ``target``'s).
         target: values in ``[0, 1]``.
         eps: added to the masses to keep empty classes finite.
+        mask: optional pixel weights in ``[0, 1]`` (same shape); pixels of weight 0 are left out of both
+            sums and both masses (e.g. uncertain pseudo-label pixels).
 
     Returns:
         scalar loss.
     """
     pos = target
     neg = 1.0 - target
+    if mask is not None:
+        pos, neg = pos * mask, neg * mask
     # log(sigmoid(x)) and log(1 - sigmoid(x)) computed stably.
     loss_pos = -(pos * F.logsigmoid(logits)).sum() / (pos.sum() + eps)
     loss_neg = -(neg * F.logsigmoid(-logits)).sum() / (neg.sum() + eps)
@@ -78,30 +84,45 @@ class SegmentationLoss(nn.Module):
         self.bce_weight = float(bce_weight)
         self.class_balanced = bool(class_balanced)
         self.dice = DiceLoss(sigmoid=True, batch=dice_batch, smooth_nr=smooth, smooth_dr=smooth, reduction="mean")
+        # the same Dice on probabilities, for masked pixels (their probability and target are zeroed first)
+        self.dice_on_probabilities = DiceLoss(sigmoid=False, batch=dice_batch, smooth_nr=smooth, smooth_dr=smooth, reduction="mean")
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Compute ``l(logits, target)``.
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Compute ``l(logits, target)``, optionally on the pixels of ``mask`` only.
 
         Args:
             logits: network output before the sigmoid, ``(B, 1, H, W)``.
             target: mask or soft pseudo label in ``[0, 1]``, same shape.
+            mask: optional pixel weights in ``[0, 1]``, same shape; a pixel of weight 0 is ignored by both
+                terms (its probability and target are zeroed in the Dice sums and it is left out of the BCE
+                averages). Used for confidence-masked pseudo labels.
 
         Returns:
-            scalar loss.
+            scalar loss (0 when ``mask`` is all zero).
 
         Raises:
             ValueError: when the shapes differ.
         """
         if logits.shape != target.shape:
             raise ValueError(f"SegmentationLoss: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+        if mask is not None and mask.shape != logits.shape:
+            raise ValueError(f"SegmentationLoss: mask {tuple(mask.shape)} and logits {tuple(logits.shape)} differ in shape")
         target = target.to(logits.dtype)
         loss = logits.new_zeros(())
         if self.dice_weight > 0:
-            loss = loss + self.dice_weight * self.dice(logits, target)
-        if self.bce_weight > 0:
-            if self.class_balanced:
-                bce = class_balanced_bce_with_logits(logits.float(), target.float())
+            if mask is None:
+                loss = loss + self.dice_weight * self.dice(logits, target)
             else:
+                m = mask.to(logits.dtype)
+                loss = loss + self.dice_weight * self.dice_on_probabilities(torch.sigmoid(logits) * m, target * m)
+        if self.bce_weight > 0:
+            m32 = None if mask is None else mask.float()
+            if self.class_balanced:
+                bce = class_balanced_bce_with_logits(logits.float(), target.float(), mask=m32)
+            elif m32 is None:
                 bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+            else:
+                per_pixel = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+                bce = (per_pixel * m32).sum() / m32.sum().clamp_min(1e-6)
             loss = loss + self.bce_weight * bce
         return loss

@@ -520,3 +520,38 @@ def test_grounding_supervision_shares_one_vlm_forward_and_matches_a_separate_one
     separate = before.ground(out["image"][None], ["left lung"])  # _data's first labeled text
     expected = SegmentationLoss()(separate.text_logits, out["label"][None])
     assert float(out["loss_ground"]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_ignore_uncertain_pixels_keeps_only_confident_pseudo_labels():
+    """Confidence masking: pixels with a pseudo-label probability in [1 - p, p] do not reach the student."""
+    seen = {}
+
+    class Recording(SegmentationLoss):
+        def forward(self, logits, target, mask=None):
+            seen["target"], seen["mask"] = target, mask
+            return super().forward(logits, target, mask=mask)
+
+    trainer = _make("mean_teacher", pseudo_label_threshold=0.9, ignore_uncertain_pixels=True, consistency_loss_function=Recording())
+    student = torch.zeros(1, 1, 1, 4, requires_grad=True)
+    probs = torch.tensor([0.05, 0.5, 0.89, 0.95]).view(1, 1, 1, 4)
+    trainer._consistency(student, probs).backward()
+    assert torch.equal(seen["mask"].flatten(), torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.equal(seen["target"].flatten(), torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    assert student.grad.flatten()[1:3].abs().sum() == 0 and student.grad.flatten()[[0, 3]].abs().sum() > 0
+    # without it every pixel counts, the uncertain ones as background
+    plain = _make("mean_teacher", pseudo_label_threshold=0.9)
+    s2 = torch.zeros(1, 1, 1, 4, requires_grad=True)
+    plain._consistency(s2, probs).backward()
+    assert s2.grad.flatten()[1].abs() > 0
+
+
+def test_ignore_uncertain_pixels_needs_a_threshold_and_a_maskable_loss():
+    with pytest.raises(ConfigError, match="pseudo_label_threshold"):
+        _make("mean_teacher", ignore_uncertain_pixels=True)
+    with pytest.raises(ConfigError, match="pseudo_label_threshold"):
+        _make("mean_teacher", ignore_uncertain_pixels=True, pseudo_label_threshold=0.4)
+    with pytest.raises(ConfigError, match="mask"):
+        _make("mean_teacher", ignore_uncertain_pixels=True, pseudo_label_threshold=0.9,
+              consistency_loss_function=lambda logits, target: (logits - target).abs().mean())
+    trainer = _first_step(_make("dussss", ignore_uncertain_pixels=True, pseudo_label_threshold=0.9, grounding_supervision_weight=1.0))
+    assert math.isfinite(float(trainer.state.output[0]["loss"]))

@@ -59,3 +59,31 @@ def test_shape_mismatch_and_bad_weights_raise():
         SegmentationLoss()(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
     with pytest.raises(ValueError):
         SegmentationLoss(dice_weight=0.0, bce_weight=0.0)
+
+
+@pytest.mark.parametrize("class_balanced", [True, False])
+def test_masked_pixels_are_ignored(class_balanced):
+    """With ``mask``, the loss equals the loss of the kept pixels alone, whatever the masked pixels hold."""
+    torch.manual_seed(0)
+    loss = SegmentationLoss(class_balanced=class_balanced, dice_batch=True)
+    logits = torch.randn(2, 1, 6, 8, requires_grad=True)
+    target = (torch.rand(2, 1, 6, 8) > 0.6).float()
+    mask = torch.zeros_like(target)
+    mask[..., :, :4] = 1  # keep the left half
+    kept = loss(logits[..., :4], target[..., :4])
+    masked = loss(logits, target, mask=mask)
+    torch.testing.assert_close(masked, kept, rtol=1e-5, atol=1e-6)
+    # changing what the masked pixels hold changes nothing, and they get no gradient
+    scrambled = target.clone()
+    scrambled[..., 4:] = 1 - scrambled[..., 4:]
+    torch.testing.assert_close(loss(logits, scrambled, mask=mask), masked)
+    masked.backward()
+    assert torch.all(logits.grad[..., 4:] == 0) and torch.any(logits.grad[..., :4] != 0)
+
+
+def test_all_masked_loss_is_zero_and_mask_shape_checked():
+    loss = SegmentationLoss()
+    logits = torch.randn(1, 1, 4, 4)
+    assert float(loss(logits, torch.ones_like(logits), mask=torch.zeros_like(logits))) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="mask"):
+        loss(logits, torch.ones_like(logits), mask=torch.ones(1, 1, 2, 2))
