@@ -173,6 +173,37 @@ class VLMPseudoLabelRefiner(nn.Module):
         text_logits = F.interpolate(feature_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return GroundingResult(features, feature_logits, text_logits, text_embed)
 
+    @staticmethod
+    def crop_to_boxes(maps: torch.Tensor, boxes: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+        """Crop each map to its box and resample it to ``out_size`` (bilinear).
+
+        Used in patch training: the text-guided mask is computed on the whole image the sentence describes
+        and cropped to the training patch (``crop_box`` of :mod:`dussss_monai.data.transforms`).
+
+        Args:
+            maps: ``(B, C, h, w)``, e.g. text logits at feature resolution of the whole images.
+            boxes: ``(B, 4)`` ``[top, left, height, width]`` as fractions of the whole image.
+            out_size: ``(H, W)`` of the patches.
+
+        Returns:
+            ``(B, C, H, W)``.
+
+        Raises:
+            ValueError: on a batch-size or box-shape mismatch.
+        """
+        if boxes.ndim != 2 or boxes.shape != (maps.shape[0], 4):
+            raise ValueError(f"VLMPseudoLabelRefiner: boxes must be (B, 4) with B = {maps.shape[0]}, got {tuple(boxes.shape)}")
+        b = boxes.to(device=maps.device, dtype=maps.dtype)
+        top, left, height, width = b.unbind(1)
+        zero = torch.zeros_like(top)
+        # affine_grid maps the output's normalised coordinates [-1, 1] onto the box in the input's
+        theta = torch.stack(
+            [torch.stack([width, zero, 2 * left + width - 1], 1), torch.stack([zero, height, 2 * top + height - 1], 1)], 1
+        )
+        size = (maps.shape[0], maps.shape[1], int(out_size[0]), int(out_size[1]))
+        grid = F.affine_grid(theta, list(size), align_corners=False)
+        return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
     def text_logits(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """Text-guided mask logits ``(B, 1, H, W)`` (gradients reach f_g when grad mode is on, for L_tg)."""
         return self.ground(images, texts).text_logits

@@ -131,3 +131,15 @@ def test_with_the_real_stage1_vlm():
     torch.testing.assert_close(out.merged, torch.sigmoid(out.text_logits))
     TextGuidedLoss()(g.pixel_features, g.feature_logits, g.text_embed, texts).backward()
     assert all(p.grad is None for p in vlm.parameters())
+
+
+def test_crop_to_boxes_equals_cropping_the_map():
+    x = torch.arange(2 * 100 * 80, dtype=torch.float32).view(2, 1, 100, 80)
+    boxes = torch.tensor([[0.2, 0.2, 0.4, 0.5], [0.0, 0.5, 1.0, 0.5]])
+    out = VLMPseudoLabelRefiner.crop_to_boxes(x, boxes, (40, 40))
+    torch.testing.assert_close(out[0], x[0, :, 20:60, 16:56], atol=1e-2, rtol=0)
+    # a box resampled to another size: the crop of a smooth map, up to interpolation
+    half = VLMPseudoLabelRefiner.crop_to_boxes(x, boxes, (50, 20))
+    torch.testing.assert_close(half[1], F.interpolate(x[1:, :, :, 40:], size=(50, 20), mode="bilinear", align_corners=False)[0], atol=1.0, rtol=0)
+    with pytest.raises(ValueError, match="boxes"):
+        VLMPseudoLabelRefiner.crop_to_boxes(x, boxes[:1], (8, 8))

@@ -20,6 +20,14 @@ Two ways to bring an image to the network (``patch_size``):
   (:func:`dussss_monai.bundle_support.make_inferer`). Resizing 1000-pixel H&E tiles to 224 leaves nuclei
   a few pixels wide; native-resolution patches keep them (method.md, "Training set-up reported").
 
+Sentences describe the whole image ("the nuclei density in the upper right is high"), not a patch. With
+``grounding_context=True`` (DuSSS in patch mode) the training pipelines therefore also keep the whole
+image resized to ``image_size`` (``vlm_image``; for labeled items also its mask, ``vlm_label``) and where
+the patch lies in it (``crop_box``: ``[top, left, height, width]`` as fractions of the padded image), so
+the text-guided mask is computed on the image the sentence describes and then cropped to the patch
+(:meth:`dussss_monai.refiner.VLMPseudoLabelRefiner.crop_to_boxes`). The whole-image copies are not
+augmented, and an unlabeled patch then gets no spatial augmentation (the box would no longer describe it).
+
 Note on text: flips and 90-degree rotations change what location words mean ("left lung",
 "upper right"). The defaults follow the paper; pass ``flip=False, rotate90=False`` for training
 where the text's spatial words must stay true (e.g. the text-guided decoder on QaTa-like data).
@@ -47,7 +55,7 @@ from monai.transforms import (
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
-    RandSpatialCropd,
+    Randomizable,
     SpatialPadd,
 )
 
@@ -62,6 +70,10 @@ __all__ = [
     "BinarizeMaskd",
     "spatial_augmentations",
     "to_network_size",
+    "RandCropWithBoxd",
+    "CONTEXT_IMAGE_KEY",
+    "CONTEXT_LABEL_KEY",
+    "CROP_BOX_KEY",
     "train_transforms",
     "eval_transforms",
     "unlabeled_transforms",
@@ -255,7 +267,73 @@ def spatial_augmentations(
 
 
 def _finish(keys: Sequence[str]) -> list[MapTransform]:
-    return [EnsureTyped(list(keys), data_type="tensor", dtype=torch.float32, track_meta=False, allow_missing_keys=True)]
+    keys = list(keys) + [CONTEXT_IMAGE_KEY, CONTEXT_LABEL_KEY]  # the grounding context, when present
+    return [EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False, allow_missing_keys=True)]
+
+
+#: batch keys of the grounding context of a patch (see the module docstring)
+CONTEXT_IMAGE_KEY = "vlm_image"
+CONTEXT_LABEL_KEY = "vlm_label"
+CROP_BOX_KEY = "crop_box"
+
+
+class RandCropWithBoxd(Randomizable, MapTransform):
+    """Random crop of ``roi_size``, the same window for every key, recording where the window lies.
+
+    The window's ``[top, left, height, width]``, as fractions of the input's ``(H, W)``, is stored under
+    ``box_key`` (a ``float32`` tensor of 4), so that a map computed on the whole image can be cropped to the
+    same region at any resolution. The input must be at least ``roi_size`` (pad it first).
+
+    Args:
+        keys: keys cropped together (the first one sets the size).
+        roi_size: ``(h, w)`` or one int.
+        box_key: where the box goes.
+        allow_missing_keys: skip absent keys.
+
+    Raises:
+        DuSSSError: when the image is smaller than ``roi_size``.
+    """
+
+    def __init__(self, keys: KeysCollection, roi_size: int | Sequence[int], box_key: str = CROP_BOX_KEY,
+                 allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.roi_size = _size_pair(roi_size)
+        self.box_key = box_key
+        self._origin = (0, 0)
+
+    def randomize(self, data: tuple[int, int]) -> None:
+        """Draw the window's top-left corner for an input of spatial size ``data``."""
+        (h, w), (rh, rw) = data, self.roi_size
+        self._origin = (int(self.R.randint(0, h - rh + 1)), int(self.R.randint(0, w - rw + 1)))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        h, w = (int(v) for v in d[keys[0]].shape[-2:])
+        rh, rw = self.roi_size
+        if h < rh or w < rw:
+            raise DuSSSError(f"RandCropWithBoxd: image of size {(h, w)} is smaller than the patch {self.roi_size}; pad it first")
+        self.randomize((h, w))
+        y0, x0 = self._origin
+        for key in keys:
+            d[key] = d[key][..., y0 : y0 + rh, x0 : x0 + rw]
+        d[self.box_key] = torch.tensor([y0 / h, x0 / w, rh / h, rw / w], dtype=torch.float32)
+        return d
+
+
+def _patch_with_context(keys: Sequence[str], masks: Sequence[str], image_size: int | Sequence[int],
+                        patch_size: int | Sequence[int]) -> list[MapTransform]:
+    """Pad to the patch, keep the whole (padded) image and mask at ``image_size``, then crop with its box."""
+    keys = list(keys)
+    ctx = [CONTEXT_IMAGE_KEY] + ([CONTEXT_LABEL_KEY] if masks else [])
+    return [
+        SpatialPadd(keys, spatial_size=_size_pair(patch_size), mode="constant"),
+        CopyItemsd([keys[0]] + list(masks[:1]), times=1, names=ctx),
+        Resize2Dd(ctx, image_size, mask_keys=ctx[1:]),
+        RandCropWithBoxd(keys, patch_size),
+    ]
 
 
 def to_network_size(
@@ -286,7 +364,7 @@ def to_network_size(
         roi = _size_pair(patch_size)
         return [
             SpatialPadd(keys, spatial_size=roi, mode="constant", allow_missing_keys=allow_missing_keys),
-            RandSpatialCropd(keys, roi_size=roi, random_size=False, allow_missing_keys=allow_missing_keys),
+            RandCropWithBoxd(keys, roi, allow_missing_keys=allow_missing_keys),
         ]
     if image_size is None:
         return []
@@ -302,6 +380,7 @@ def train_transforms(
     rotate90: bool = True,
     rotate_degrees: float = 20.0,
     patch_size: int | Sequence[int] | None = None,
+    grounding_context: bool = False,
 ) -> DataPipeline:
     """Labeled training pipeline: load, resize (or crop a patch), spatial augmentation (image and mask together).
 
@@ -312,16 +391,19 @@ def train_transforms(
         keys: the image key first, then mask keys.
         flip, rotate90, rotate_degrees: see :func:`spatial_augmentations`.
         patch_size: random native-resolution crops of this size instead of resizing (module docstring).
+        grounding_context: with ``patch_size``, also keep ``vlm_image`` / ``vlm_label`` (the whole image and
+            mask at ``image_size``) and ``crop_box`` (module docstring). Ignored without ``patch_size``.
 
     Returns:
         a :class:`DataPipeline` (a :class:`monai.transforms.Compose`).
     """
     keys = list(keys)
     masks = keys[1:]
-    xforms: list[Any] = [
-        LoadImage2Dd(keys, mask_keys=masks, channels=channels),
-        *to_network_size(keys, image_size, patch_size, mask_keys=masks),
-    ]
+    if patch_size is not None and grounding_context:
+        network_size = _patch_with_context(keys, masks, image_size, patch_size)
+    else:
+        network_size = to_network_size(keys, image_size, patch_size, mask_keys=masks)
+    xforms: list[Any] = [LoadImage2Dd(keys, mask_keys=masks, channels=channels), *network_size]
     if augment:
         xforms += spatial_augmentations(keys, masks, flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)
         xforms += [BinarizeMaskd(masks), ClipIntensityd(keys[:1])]
@@ -358,16 +440,23 @@ def unlabeled_transforms(
     rotate90: bool = True,
     rotate_degrees: float = 20.0,
     patch_size: int | Sequence[int] | None = None,
+    grounding_context: bool = False,
 ) -> DataPipeline:
     """Unlabeled training pipeline: the image only (any ``label`` in the item is removed), text kept.
 
-    ``patch_size``: random native-resolution crops instead of resizing, as in :func:`train_transforms`.
+    ``patch_size``: random native-resolution crops instead of resizing, as in :func:`train_transforms`;
+    ``grounding_context`` (with ``patch_size``): also ``vlm_image`` and ``crop_box``, and no spatial
+    augmentation of the patch (module docstring).
     """
+    context = patch_size is not None and grounding_context
     xforms: list[Any] = [
         DeleteItemsd(keys="label"),
         LoadImage2Dd(["image"], mask_keys=(), channels=channels),
-        *to_network_size(["image"], image_size, patch_size, mask_keys=()),
+        *(_patch_with_context(["image"], (), image_size, patch_size) if context
+          else to_network_size(["image"], image_size, patch_size, mask_keys=())),
     ]
+    if context:  # the box must keep describing the patch
+        flip, rotate90, rotate_degrees = False, False, 0.0
     if augment:
         xforms += spatial_augmentations(["image"], (), flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)
         xforms.append(ClipIntensityd(["image"]))

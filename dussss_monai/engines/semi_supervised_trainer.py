@@ -46,6 +46,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from dussss_monai.data.transforms import CONTEXT_IMAGE_KEY, CONTEXT_LABEL_KEY, CROP_BOX_KEY
 from dussss_monai.engines.ema import ema_decay as teacher_ema_decay
 from dussss_monai.engines.schedules import ConsistencyWeight
 from dussss_monai.errors import ConfigError, DuSSSError
@@ -431,7 +432,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             if engine.method != "supervised":
                 labeled = None
                 if engine.use_tg and engine.grounding_supervision_weight > 0:
-                    labeled = (inputs, targets, engine._labeled_texts(batchdata))
+                    labeled = engine._labeled_grounding_inputs(batchdata, inputs, targets)
                 loss_semi, loss_tg = engine._semi_supervised_terms(terms, labeled)
                 terms["loss_semi"] = loss_semi
                 loss = loss + weight * loss_semi
@@ -468,6 +469,24 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         engine.state.output["weight"] = weight
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _labeled_grounding_inputs(
+        self, batchdata: Any, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """``(images, masks, sentences)`` for f_g's supervision: the whole images and masks (``vlm_image`` /
+        ``vlm_label``) when the batch carries a grounding context (patch training), else the batch itself."""
+        texts = self._labeled_texts(batchdata)
+        if isinstance(batchdata, dict) and CONTEXT_IMAGE_KEY in batchdata and CONTEXT_LABEL_KEY in batchdata:
+            kw = {"device": self.state.device, "non_blocking": self.non_blocking}
+            return batchdata[CONTEXT_IMAGE_KEY].to(**kw), batchdata[CONTEXT_LABEL_KEY].to(**kw), texts
+        return inputs, targets, texts
+
+    def _grounding_context(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(whole images, crop boxes)`` of an unlabeled patch batch, or ``None`` (no grounding context)."""
+        if not (isinstance(batch, dict) and CONTEXT_IMAGE_KEY in batch and CROP_BOX_KEY in batch):
+            return None
+        kw = {"device": self.state.device, "non_blocking": self.non_blocking}
+        return batch[CONTEXT_IMAGE_KEY].to(**kw), batch[CROP_BOX_KEY].to(**kw)
 
     def _labeled_texts(self, batchdata: Any) -> list[str]:
         """The sentences of the labeled batch (needed by the grounding supervision of f_g)."""
@@ -523,20 +542,26 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         refiner = self.refiner
         assert refiner is not None and texts is not None
         refiner.train(self.use_tg)
+        # Patch training: ground the sentence on the whole image it describes, then crop to the patch.
+        context = self._grounding_context(batch_u)
+        g_u = x_u if context is None else context[0]
         grounding_l: GroundingResult | None = None
         with torch.set_grad_enabled(self.use_tg):
             if labeled is None:
-                grounding = refiner.ground(x_u, texts)
-            elif labeled[0].shape[1:] == x_u.shape[1:]:
-                n_u = x_u.shape[0]
-                both = refiner.ground(torch.cat([x_u, labeled[0].to(x_u.dtype)]), list(texts) + list(labeled[2]))
+                grounding = refiner.ground(g_u, texts)
+            elif labeled[0].shape[1:] == g_u.shape[1:]:
+                n_u = g_u.shape[0]
+                both = refiner.ground(torch.cat([g_u, labeled[0].to(g_u.dtype)]), list(texts) + list(labeled[2]))
                 grounding = GroundingResult(*(t[:n_u] for t in both))
                 grounding_l = GroundingResult(*(t[n_u:] for t in both))
             else:  # labeled and unlabeled images of different sizes: two forwards
-                grounding = refiner.ground(x_u, texts)
+                grounding = refiner.ground(g_u, texts)
                 grounding_l = refiner.ground(labeled[0], labeled[2])
+        text_logits_u = grounding.text_logits
+        if context is not None:
+            text_logits_u = refiner.crop_to_boxes(grounding.feature_logits.detach(), context[1], x_u.shape[-2:])
         # Detached targets: the student's losses never reach f_g.
-        pseudo = refiner.merge(teacher_logits, grounding.text_logits)
+        pseudo = refiner.merge(teacher_logits, text_logits_u)
         semi = []
         if self.use_merged:
             terms["loss_merged"] = self._consistency(student_u, pseudo.merged)

@@ -131,3 +131,27 @@ def test_patch_mode_eval_and_unlabeled_keep_native_size(asym_item):
     assert tuple(ev["image"].shape) == (1, 60, 44) and tuple(ev["label"].shape) == (1, 60, 44)
     un = unlabeled_transforms(image_size=32, channels=1, patch_size=24)(dict(asym_item))
     _check_sample(un, size=24, label=False)
+
+
+def test_grounding_context_keeps_the_whole_image_and_where_the_patch_lies(asym_item):
+    from dussss_monai.data.transforms import Resize2Dd
+
+    whole = eval_transforms(image_size=None, channels=1, patch_size=1)(dict(asym_item))  # native, unresized
+    pipe = train_transforms(image_size=32, channels=1, patch_size=24, grounding_context=True, augment=False)
+    for seed in range(4):
+        pipe.set_random_state(seed)
+        out = pipe(dict(asym_item))
+        top, left, h, w = out["crop_box"].tolist()
+        y0, x0 = round(top * 60), round(left * 44)
+        assert (round(h * 60), round(w * 44)) == (24, 24)
+        assert torch.equal(out["image"], whole["image"][:, y0 : y0 + 24, x0 : x0 + 24])
+        assert torch.equal(out["label"], whole["label"][:, y0 : y0 + 24, x0 : x0 + 24])
+        resized = Resize2Dd(["image", "label"], 32)(whole)
+        assert torch.equal(out["vlm_image"], resized["image"]) and torch.equal(out["vlm_label"], resized["label"])
+    un = unlabeled_transforms(image_size=32, channels=1, patch_size=24, grounding_context=True, rotate_degrees=90)
+    un.set_random_state(0)
+    u = un(dict(asym_item))
+    top, left = u["crop_box"][:2].tolist()
+    y0, x0 = round(top * 60), round(left * 44)
+    assert torch.equal(u["image"], whole["image"][:, y0 : y0 + 24, x0 : x0 + 24])  # no rotation of the patch
+    assert tuple(u["vlm_image"].shape) == (1, 32, 32) and "label" not in u

@@ -555,3 +555,45 @@ def test_ignore_uncertain_pixels_needs_a_threshold_and_a_maskable_loss():
               consistency_loss_function=lambda logits, target: (logits - target).abs().mean())
     trainer = _first_step(_make("dussss", ignore_uncertain_pixels=True, pseudo_label_threshold=0.9, grounding_supervision_weight=1.0))
     assert math.isfinite(float(trainer.state.output[0]["loss"]))
+
+
+def test_patch_batches_are_grounded_on_the_whole_image_and_cropped_to_the_patch():
+    """With a grounding context (patch training) f_g sees the whole images (``vlm_image``), the text mask of
+    each patch is the crop of the whole image's mask, and f_g's supervision uses the whole masks."""
+    whole, patch = 32, 16
+
+    def items(n, labeled, seed):
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for i in range(n):
+            img = torch.rand(1, whole, whole, generator=g)
+            top, left = 8 * (i % 2), 4 * (i % 3)
+            it = {"image": img[:, top : top + patch, left : left + patch], "text": TEXTS[i % len(TEXTS)],
+                  "vlm_image": img, "crop_box": torch.tensor([top / whole, left / whole, patch / whole, patch / whole])}
+            if labeled:
+                it["label"] = (it["image"] > 0.6).float()
+                it["vlm_label"] = (img > 0.6).float()
+            out.append(it)
+        return out
+
+    trainer = _make("dussss", grounding_supervision_weight=1.0, unlabeled_loader=DataLoader(items(4, False, 1), batch_size=2))
+    trainer.data_loader = DataLoader(items(2, True, 0), batch_size=1)
+    refiner = trainer.refiner
+    grounded, merged = [], []
+    original_ground, original_merge = refiner.ground, refiner.merge
+
+    def ground(images, texts):
+        result = original_ground(images, texts)
+        grounded.append((images.shape, result.feature_logits.detach().clone()))
+        return result
+
+    refiner.ground = ground
+    refiner.merge = lambda teacher, text: merged.append((teacher.shape, text)) or original_merge(teacher, text)
+    _first_step(trainer)
+    # one fused forward: 2 unlabeled + 1 labeled WHOLE images
+    assert [shape for shape, _ in grounded] == [torch.Size([3, 1, whole, whole])]
+    assert merged[0][0] == merged[0][1].shape == torch.Size([2, 1, patch, patch])
+    # the patch's text logits are the crop of the whole image's
+    expected = refiner.crop_to_boxes(grounded[0][1][:2], trainer.state.unlabeled_batch["crop_box"], (patch, patch))
+    torch.testing.assert_close(merged[0][1], expected, rtol=1e-4, atol=1e-5)
+    assert "loss_ground" in trainer.state.output[0]
