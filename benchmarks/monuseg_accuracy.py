@@ -69,6 +69,11 @@ Usage (from the repository root)::
     python benchmarks/monuseg_accuracy.py --dry_run
     # the paper's setting on a GPU
     python benchmarks/monuseg_accuracy.py --budget gpu --workdir runs/benchmarks/monuseg_gpu
+    # native-resolution 256-pixel patches, U-Net 32-512, scored at 224 (docs/benchmarks.md; ~4 h on 2 cores)
+    python benchmarks/monuseg_accuracy.py --workdir runs/benchmarks/monuseg_cpu_patch --ratios 0.25 \
+        --methods supervised,mean_teacher,dussss,supervised_full --epochs 60 --extra patch_size=256 \
+        --extra score_size=224 --extra train:val_interval=2 --extra unet_channels=[32,64,128,256,512] \
+        --extra unet_strides=[2,2,2,2] --extra train:learning_rate=0.001 --extra train:min_learning_rate=0.0001
     # a smoke test (a few minutes on CPU)
     python benchmarks/monuseg_accuracy.py --ratios 0.25 --seeds 0 --methods supervised,mean_teacher,dussss \\
         --pretrain_epochs 1 --epochs 1 --extra image_size=64 --workdir /tmp/bench_try
