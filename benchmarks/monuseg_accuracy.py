@@ -855,7 +855,7 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
     import matplotlib.pyplot as plt
     import torch
 
-    from dussss_monai.bundle_support import latest_checkpoint, load_frozen_vlm, load_state_dict_into
+    from dussss_monai.bundle_support import latest_checkpoint, load_frozen_vlm, load_state_dict_into, make_inferer
     from dussss_monai.data import eval_transforms, read_lvit_dataset
     from dussss_monai.utils.io import atomic_write_bytes
 
@@ -888,7 +888,8 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
         else:
             load_frozen_vlm(vlm, train["vlm_checkpoint"], str(sweep.configs["pretrain"]))
             load_state_dict_into(decoder, ckpt, key="grounding_decoder")
-            refiner = refiner_cls(vlm=vlm, grounding_decoder=decoder).eval()
+            size = train.get("image_size", bundle_default(sweep.bundle, "train", "image_size"))
+            refiner = refiner_cls(vlm=vlm, grounding_decoder=decoder, vlm_image_size=(size, size)).eval()
             note += f" + text mask (f_g from {Path(ckpt).name})"
 
     image_size = train.get("image_size", bundle_default(sweep.bundle, "train", "image_size"))
@@ -896,18 +897,32 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
     items = read_lvit_dataset(sweep.data, check=False, channels=channels)["validation"][:n_images]
     if not items:
         return None, "no validation images"
-    pipeline = eval_transforms(image_size=image_size, channels=channels)
+    # a patch-trained student predicts the native tile by sliding window; shown (and scored) on the score grid
+    patch_size = train.get("patch_size")
+    score_size = train.get("score_size", image_size) if patch_size else None
+    pipeline = eval_transforms(image_size=image_size, channels=channels, patch_size=patch_size)
+    inferer = make_inferer(patch_size)
+
+    def on_score_grid(x: torch.Tensor, mode: str) -> torch.Tensor:
+        if score_size is None:
+            return x
+        return torch.nn.functional.interpolate(x, size=(score_size, score_size), mode=mode)
+
     cols = 4 if refiner is not None else 3
     fig = plt.figure(figsize=(2.6 * cols, 2.9 * len(items)), layout="constrained")
     rows = fig.subfigures(len(items), 1) if len(items) > 1 else [fig]
     for row, item in zip(rows, items):
         data = pipeline(dict(item))
-        image = data["image"].float()[None]
-        label = data["label"][0].numpy() > 0.5
+        native = data["image"].float()[None]
+        image = on_score_grid(native, "bilinear")
+        label = on_score_grid(data["label"].float()[None], "nearest-exact")[0, 0].numpy() > 0.5
         with torch.no_grad():
-            prob = torch.sigmoid(unet(image))[0, 0].numpy()
-            text_prob = torch.sigmoid(refiner.text_logits(image, [item["text"]]))[0, 0].numpy() if refiner is not None else None
-        pred = prob >= 0.5  # the evaluation's convention (SegmentationReport: foreground = probability >= 0.5)
+            prob = torch.sigmoid(inferer(native, unet))
+            text_prob = None
+            if refiner is not None:
+                text_prob = on_score_grid(torch.sigmoid(refiner.text_logits(native, [item["text"]])), "bilinear")[0, 0].numpy()
+        # the evaluation's convention: foreground = probability >= 0.5, then resized like the ground truth
+        pred = on_score_grid((prob >= 0.5).float(), "nearest-exact")[0, 0].numpy() > 0.5
         inter = float((pred & label).sum())
         dice = 2 * inter / max(float(pred.sum() + label.sum()), 1.0)
         shown = image[0].permute(1, 2, 0).numpy()
