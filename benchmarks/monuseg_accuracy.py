@@ -875,6 +875,7 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
     train = recorded.get("train", {})
     spec = METHODS[chosen]
     with_text = spec.bundle_method == "dussss"
+    image_size = train.get("image_size", bundle_default(sweep.bundle, "train", "image_size"))
     unet, parts = _build_from_train_config(sweep, train, with_vlm=with_text)
     load_state_dict_into(unet, folder / "models" / "model.pt")
     unet.eval()
@@ -888,11 +889,9 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
         else:
             load_frozen_vlm(vlm, train["vlm_checkpoint"], str(sweep.configs["pretrain"]))
             load_state_dict_into(decoder, ckpt, key="grounding_decoder")
-            size = train.get("image_size", bundle_default(sweep.bundle, "train", "image_size"))
-            refiner = refiner_cls(vlm=vlm, grounding_decoder=decoder, vlm_image_size=(size, size)).eval()
+            refiner = refiner_cls(vlm=vlm, grounding_decoder=decoder, vlm_image_size=(image_size, image_size)).eval()
             note += f" + text mask (f_g from {Path(ckpt).name})"
 
-    image_size = train.get("image_size", bundle_default(sweep.bundle, "train", "image_size"))
     channels = train.get("in_channels", bundle_default(sweep.bundle, "train", "in_channels"))
     items = read_lvit_dataset(sweep.data, check=False, channels=channels)["validation"][:n_images]
     if not items:

@@ -323,25 +323,13 @@ class RandCropWithBoxd(Randomizable, MapTransform):
         return d
 
 
-def _patch_with_context(keys: Sequence[str], masks: Sequence[str], image_size: int | Sequence[int],
-                        patch_size: int | Sequence[int]) -> list[MapTransform]:
-    """Pad to the patch, keep the whole (padded) image and mask at ``image_size``, then crop with its box."""
-    keys = list(keys)
-    ctx = [CONTEXT_IMAGE_KEY] + ([CONTEXT_LABEL_KEY] if masks else [])
-    return [
-        SpatialPadd(keys, spatial_size=_size_pair(patch_size), mode="constant"),
-        CopyItemsd([keys[0]] + list(masks[:1]), times=1, names=ctx),
-        Resize2Dd(ctx, image_size, mask_keys=ctx[1:]),
-        RandCropWithBoxd(keys, patch_size),
-    ]
-
-
 def to_network_size(
     keys: Sequence[str],
     image_size: int | Sequence[int] | None,
     patch_size: int | Sequence[int] | None = None,
     mask_keys: Sequence[str] = ("label",),
     allow_missing_keys: bool = False,
+    grounding_context: bool = False,
 ) -> list[MapTransform]:
     """Bring loaded images (and their masks) to what the network is trained on.
 
@@ -352,6 +340,8 @@ def to_network_size(
             where the image is smaller), identical for all ``keys``; ``image_size`` is then not used.
         mask_keys: the subset of ``keys`` resized as masks.
         allow_missing_keys: skip absent keys.
+        grounding_context: with ``patch_size``, also keep the whole (padded) image and its first mask at
+            ``image_size`` as ``vlm_image`` / ``vlm_label`` before cropping (module docstring).
 
     Returns:
         a list of MONAI dictionary transforms (possibly empty).
@@ -362,10 +352,12 @@ def to_network_size(
     keys = list(keys)
     if patch_size is not None:
         roi = _size_pair(patch_size)
-        return [
-            SpatialPadd(keys, spatial_size=roi, mode="constant", allow_missing_keys=allow_missing_keys),
-            RandCropWithBoxd(keys, roi, allow_missing_keys=allow_missing_keys),
-        ]
+        xforms: list[MapTransform] = [SpatialPadd(keys, spatial_size=roi, mode="constant", allow_missing_keys=allow_missing_keys)]
+        if grounding_context:
+            masks = [k for k in keys if k in mask_keys][:1]
+            ctx = [CONTEXT_IMAGE_KEY] + ([CONTEXT_LABEL_KEY] if masks else [])
+            xforms += [CopyItemsd(keys[:1] + masks, times=1, names=ctx), Resize2Dd(ctx, image_size, mask_keys=ctx[1:])]
+        return xforms + [RandCropWithBoxd(keys, roi, allow_missing_keys=allow_missing_keys)]
     if image_size is None:
         return []
     return [Resize2Dd(keys, image_size, mask_keys=[k for k in keys if k in mask_keys], allow_missing_keys=allow_missing_keys)]
@@ -399,11 +391,10 @@ def train_transforms(
     """
     keys = list(keys)
     masks = keys[1:]
-    if patch_size is not None and grounding_context:
-        network_size = _patch_with_context(keys, masks, image_size, patch_size)
-    else:
-        network_size = to_network_size(keys, image_size, patch_size, mask_keys=masks)
-    xforms: list[Any] = [LoadImage2Dd(keys, mask_keys=masks, channels=channels), *network_size]
+    xforms: list[Any] = [
+        LoadImage2Dd(keys, mask_keys=masks, channels=channels),
+        *to_network_size(keys, image_size, patch_size, mask_keys=masks, grounding_context=grounding_context),
+    ]
     if augment:
         xforms += spatial_augmentations(keys, masks, flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)
         xforms += [BinarizeMaskd(masks), ClipIntensityd(keys[:1])]
@@ -452,8 +443,7 @@ def unlabeled_transforms(
     xforms: list[Any] = [
         DeleteItemsd(keys="label"),
         LoadImage2Dd(["image"], mask_keys=(), channels=channels),
-        *(_patch_with_context(["image"], (), image_size, patch_size) if context
-          else to_network_size(["image"], image_size, patch_size, mask_keys=())),
+        *to_network_size(["image"], image_size, patch_size, mask_keys=(), grounding_context=grounding_context),
     ]
     if context:  # the box must keep describing the patch
         flip, rotate90, rotate_degrees = False, False, 0.0
