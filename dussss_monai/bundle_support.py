@@ -29,6 +29,7 @@ __all__ = [
     "make_refiner",
     "make_inferer",
     "scoring_postprocessing",
+    "training_scalars",
     "freeze",
     "check_method",
     "matched_epoch_length",
@@ -292,6 +293,42 @@ def scoring_postprocessing(score_size: int | Sequence[int] | None = None, thresh
         keys = ["image", "pred", "label"]
         xforms.append(Resize2Dd(keys, score_size, mask_keys=["pred", "label"], allow_missing_keys=True))
     return Compose(xforms)
+
+
+#: prefixes of the per-iteration numbers of SemiSupervisedTrainer's output that are worth logging
+TRAINING_SCALAR_PREFIXES = ("loss", "weight", "fg_fraction_")
+
+
+def training_scalars(output: Any) -> dict[str, float]:
+    """The losses, ``w(t)`` and target foreground shares of one training iteration, for ``StatsHandler`` /
+    ``TensorBoardStatsHandler`` (``"output_transform": "$dussss_monai.bundle_support.training_scalars"``).
+
+    MONAI's trainers decollate ``engine.state.output`` into one dict per image with the scalars copied into
+    each, so the first dict is read; a plain dict is read as it is.
+
+    Args:
+        output: ``engine.state.output`` of :class:`~dussss_monai.engines.SemiSupervisedTrainer`.
+
+    Returns:
+        ``{name: value}`` for every scalar whose name starts with ``loss``, ``weight`` or ``fg_fraction_``
+        (e.g. ``loss``, ``loss_sup``, ``loss_semi``, ``loss_merged``, ``loss_text``, ``loss_tg``,
+        ``fg_fraction_text``); empty when there is no output.
+    """
+    if isinstance(output, (list, tuple)):
+        output = output[0] if output else None
+    if not isinstance(output, Mapping):
+        return {}
+    scalars: dict[str, float] = {}
+    for name, value in output.items():
+        if not isinstance(name, str) or not name.startswith(TRAINING_SCALAR_PREFIXES):
+            continue
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            scalars[name] = float(value)
+    return scalars
 
 
 def environment_versions() -> dict[str, str]:

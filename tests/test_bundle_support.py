@@ -153,3 +153,15 @@ def test_scoring_postprocessing_puts_prediction_and_mask_on_the_score_grid() -> 
     assert torch.equal(out["pred"], out["label"])  # the same resize for both
     native = scoring_postprocessing(None)(dict(item))
     assert tuple(native["pred"].shape[-2:]) == (100, 60) and torch.equal(native["pred"], label)
+
+
+def test_training_scalars_reads_the_first_decollated_item_and_keeps_only_scalars():
+    from dussss_monai.bundle_support import training_scalars
+
+    item = {"loss": torch.tensor(0.5), "loss_text": 0.25, "weight": 0.1, "fg_fraction_text": torch.tensor(0.0),
+            "pred": torch.zeros(1, 4, 4), "label": torch.zeros(1, 4, 4), "image": torch.zeros(1, 4, 4),
+            "loss_vector": torch.ones(3), "flag": True}  # fmt: skip
+    expected = {"loss": 0.5, "loss_text": 0.25, "weight": 0.1, "fg_fraction_text": 0.0}
+    assert training_scalars([item, {"loss": 9.0}]) == expected
+    assert training_scalars(item) == expected
+    assert training_scalars([]) == {} and training_scalars(None) == {}

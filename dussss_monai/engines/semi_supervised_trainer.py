@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from dussss_monai.data.transforms import CONTEXT_IMAGE_KEY, CONTEXT_LABEL_KEY, CROP_BOX_KEY
+from dussss_monai.engines.cutmix import BatchCutMix, draw_cutmix
 from dussss_monai.engines.ema import ema_decay as teacher_ema_decay
 from dussss_monai.engines.schedules import ConsistencyWeight
 from dussss_monai.errors import ConfigError, DuSSSError
@@ -146,6 +147,12 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         student_noise_std: standard deviation of Gaussian noise added to the STUDENT's copy of each unlabeled
             image (the teacher and the VLM see the clean image), the input perturbation of the original mean
             teacher (Tarvainen & Valpola, 2017); ``0`` (default) feeds both the same image. The paper is silent.
+        cutmix: CutMix of the STUDENT's unlabeled batch (:func:`dussss_monai.engines.cutmix.draw_cutmix`; French
+            et al., BMVC 2020): each unlabeled image gets a box (a quarter to half of its area) pasted from another
+            image of the batch. The teacher and the VLM see the clean images; every pseudo label (teacher, merged,
+            text mask) is computed on them and mixed with the same boxes, so the student must predict, for each
+            pixel, what the teacher predicts for it in its own image. Off by default (the paper has no such
+            perturbation); batches of one image are not mixed. Its draws follow torch's seed.
         consistency_loss_function: the loss of the unlabeled terms (``L_merged``, ``L_text`` and the mean
             teacher's consistency) against their pseudo labels; default ``loss_function``. The paper uses one
             pixel-wise loss for every term. A class-balanced loss is not minimised by the target itself (it
@@ -192,6 +199,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         grounding_supervision_weight: float = 0.0,
         text_guided_weight: float = 1.0,
         student_noise_std: float = 0.0,
+        cutmix: bool = False,
         consistency_loss_function: Callable | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
@@ -291,6 +299,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         if student_noise_std < 0:
             raise ConfigError(f"student_noise_std must be >= 0, got {student_noise_std}")
         self.student_noise_std = float(student_noise_std)
+        self.cutmix = bool(cutmix)
         self.consistency_loss_function: Callable = (
             consistency_loss_function if consistency_loss_function is not None else loss_function
         )
@@ -395,8 +404,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
 
         Returns ``engine.state.output``: ``image``, ``label``, ``pred`` (labeled batch), ``loss`` (total),
         ``loss_sup``, ``weight`` (``w(t)``), and for the semi-supervised methods ``loss_semi``, with DuSSS also
-        ``loss_merged`` / ``loss_text`` / ``loss_tg`` for the terms switched on. The unlabeled batch is left
-        in ``engine.state.unlabeled_batch``.
+        ``loss_merged`` / ``loss_text`` / ``loss_tg`` (and ``loss_ground``) for the terms switched on, and the
+        foreground share of each consistency target, ``fg_fraction_teacher`` (mean teacher) or
+        ``fg_fraction_merged`` / ``fg_fraction_text`` (DuSSS). The unlabeled batch is left in
+        ``engine.state.unlabeled_batch``.
 
         Raises:
             ValueError: when ``batchdata`` is None.
@@ -501,19 +512,29 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             return probabilities
         return (probabilities > self.pseudo_label_threshold).to(probabilities.dtype)
 
-    def _consistency(self, student_logits: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+    def _consistency(self, student_logits: torch.Tensor, probabilities: torch.Tensor, name: str | None = None) -> torch.Tensor:
         """One consistency term: the consistency loss of the student against a pseudo label.
 
         With ``ignore_uncertain_pixels`` only the confident pixels (probability above the threshold ``p`` or
-        below ``1 - p``) count.
+        below ``1 - p``) count. With a ``name``, the share of the target that is foreground (the mean of the hard
+        or soft target) is put in ``state.output`` as ``fg_fraction_<name>``: a target that is empty, or that
+        grows, is visible in the training log.
         """
         target = self._target(probabilities)
+        if name is not None and isinstance(self.state.output, dict):
+            self.state.output[f"fg_fraction_{name}"] = target.detach().float().mean()
         if not self.ignore_uncertain_pixels:
             return self.consistency_loss_function(student_logits, target).mean()
         p = self.pseudo_label_threshold
         assert p is not None
         confident = ((probabilities > p) | (probabilities < 1.0 - p)).to(student_logits.dtype)
         return self.consistency_loss_function(student_logits, target, mask=confident).mean()
+
+    def _draw_cutmix(self, images: torch.Tensor) -> BatchCutMix | None:
+        """This unlabeled batch's CutMix draw, or ``None`` when CutMix is off or the batch holds one image."""
+        if not self.cutmix or images.shape[0] < 2:
+            return None
+        return draw_cutmix(images.shape[0], images.shape[2:], device=images.device)
 
     def _semi_supervised_terms(
         self, terms: dict[str, torch.Tensor], labeled: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
@@ -529,15 +550,22 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         batch_u = self.next_unlabeled_batch()
         self.state.unlabeled_batch = batch_u
         x_u, texts = self._unlabeled_inputs(batch_u)
-        x_student = x_u + self.student_noise_std * torch.randn_like(x_u) if self.student_noise_std > 0 else x_u
+        cutmix = self._draw_cutmix(x_u)
+        x_student = x_u if cutmix is None else cutmix.apply(x_u)
+        if self.student_noise_std > 0:
+            x_student = x_student + self.student_noise_std * torch.randn_like(x_student)
         student_u = self.inferer(x_student, self.network)
         teacher = self.teacher
         assert teacher is not None
         teacher.eval()
         with torch.no_grad():
             teacher_logits = self.inferer(x_u, teacher).float()
+
+        def mixed(probabilities: torch.Tensor) -> torch.Tensor:
+            return probabilities if cutmix is None else cutmix.apply(probabilities)
+
         if self.method == "mean_teacher":
-            return self._consistency(student_u, torch.sigmoid(teacher_logits)), None
+            return self._consistency(student_u, mixed(torch.sigmoid(teacher_logits)), "teacher"), None
 
         refiner = self.refiner
         assert refiner is not None and texts is not None
@@ -564,10 +592,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         pseudo = refiner.merge(teacher_logits, text_logits_u)
         semi = []
         if self.use_merged:
-            terms["loss_merged"] = self._consistency(student_u, pseudo.merged)
+            terms["loss_merged"] = self._consistency(student_u, mixed(pseudo.merged), "merged")
             semi.append(terms["loss_merged"])
         if self.use_text_loss:
-            terms["loss_text"] = self._consistency(student_u, pseudo.text_mask)
+            terms["loss_text"] = self._consistency(student_u, mixed(pseudo.text_mask), "text")
             semi.append(terms["loss_text"])
         loss_tg = None
         if self.use_tg:

@@ -480,6 +480,49 @@ def test_student_noise_perturbs_the_student_input_only():
         _make("mean_teacher", student_noise_std=-1.0)
 
 
+@pytest.mark.parametrize("method", ["mean_teacher", "dussss"])
+def test_cutmix_mixes_the_student_input_and_every_pseudo_label_with_the_same_boxes(method, monkeypatch):
+    """The teacher (and the VLM) see the clean images; the student sees the CutMix of them, and each consistency
+    target is the same CutMix of the pseudo label computed on the clean images."""
+    import dussss_monai.engines.semi_supervised_trainer as module
+
+    draws, targets, student_inputs, teacher_io, merged = [], [], [], [], []
+    real_draw = module.draw_cutmix
+    monkeypatch.setattr(module, "draw_cutmix", lambda *a, **k: draws.append(real_draw(*a, **k)) or draws[-1])
+
+    class Recording(SegmentationLoss):
+        def forward(self, logits, target, mask=None):
+            targets.append(target.detach().clone())
+            return super().forward(logits, target, mask=mask)
+
+    trainer = _make(method, batch_u=4, cutmix=True, consistency_loss_function=Recording())
+    trainer.network.register_forward_pre_hook(lambda m, a: student_inputs.append(a[0].detach().clone()))
+    trainer.teacher.register_forward_hook(lambda m, a, out: teacher_io.append((a[0].detach().clone(), out.detach().clone())))
+    if method == "dussss":
+        merge = trainer.refiner.merge
+        trainer.refiner.merge = lambda t, x: merged.append(merge(t, x)) or merged[-1]
+    _first_step(trainer)
+    (draw,) = draws
+    clean = trainer.state.unlabeled_batch["image"]
+    torch.testing.assert_close(teacher_io[0][0], clean)
+    torch.testing.assert_close(student_inputs[1], draw.apply(clean))  # [0] is the labeled batch
+    assert not torch.equal(student_inputs[1], clean)
+    if method == "mean_teacher":
+        (target,) = targets
+        torch.testing.assert_close(target, draw.apply(torch.sigmoid(teacher_io[0][1])))
+    else:
+        torch.testing.assert_close(targets[0], draw.apply(merged[0].merged))
+        torch.testing.assert_close(targets[1], draw.apply(merged[0].text_mask))
+
+
+def test_cutmix_leaves_a_batch_of_one_image_unmixed():
+    student_inputs = []
+    trainer = _make("mean_teacher", batch_u=1, cutmix=True)
+    trainer.network.register_forward_pre_hook(lambda m, a: student_inputs.append(a[0].detach().clone()))
+    _first_step(trainer)
+    torch.testing.assert_close(student_inputs[1], trainer.state.unlabeled_batch["image"])
+
+
 def test_consistency_loss_function_is_used_for_unlabeled_terms_only():
     calls: list[str] = []
 
@@ -597,3 +640,19 @@ def test_patch_batches_are_grounded_on_the_whole_image_and_cropped_to_the_patch(
     expected = refiner.crop_to_boxes(grounded[0][1][:2], trainer.state.unlabeled_batch["crop_box"], (patch, patch))
     torch.testing.assert_close(merged[0][1], expected, rtol=1e-4, atol=1e-5)
     assert "loss_ground" in trainer.state.output[0]
+
+
+@pytest.mark.parametrize("method, names", [("mean_teacher", ["teacher"]), ("dussss", ["merged", "text"])])
+def test_output_reports_the_foreground_share_of_each_consistency_target(method, names):
+    targets = []
+
+    class Recording(SegmentationLoss):
+        def forward(self, logits, target, mask=None):
+            targets.append(target.detach().clone())
+            return super().forward(logits, target, mask=mask)
+
+    trainer = _first_step(_make(method, pseudo_label_threshold=0.6, consistency_loss_function=Recording()))
+    out = trainer.state.output[0]
+    for name, target in zip(names, targets):
+        assert float(out[f"fg_fraction_{name}"]) == pytest.approx(float(target.mean()))
+    assert not any(k.startswith("fg_fraction_") for k in _first_step(_make("supervised")).state.output[0])
