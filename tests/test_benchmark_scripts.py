@@ -46,3 +46,24 @@ def test_monuseg_sweep_names_a_missing_dataset(tmp_path, capsys):
     assert bench.main(["--dry_run", "--dataset_dir", str(absent), "--workdir", str(tmp_path / "w")]) != 0
     err = capsys.readouterr().err
     assert str(absent) in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_rotated_text_control_gives_each_unlabeled_image_its_neighbours_sentence():
+    import torch
+
+    from dussss_monai.engines.semi_supervised_trainer import SemiSupervisedTrainer
+
+    bench = _load("rotated_text_control")
+    assert bench.rotate(["a", "b", "c"]) == ["b", "c", "a"]
+    assert bench.rotate(["a"]) == ["a"] and bench.rotate(None) is None
+    fake = type("Fake", (), {"method": "dussss", "image_key": "image", "text_key": "text", "non_blocking": False,
+                             "to_kwargs": {}, "state": type("S", (), {"device": torch.device("cpu")})()})()  # fmt: skip
+    batch = {"image": torch.zeros(3, 1, 4, 4), "text": ["a", "b", "c"]}
+    original = SemiSupervisedTrainer._unlabeled_inputs
+    uninstall = bench.install()
+    try:
+        assert SemiSupervisedTrainer._unlabeled_inputs(fake, batch)[1] == ["b", "c", "a"]
+    finally:
+        uninstall()
+    assert SemiSupervisedTrainer._unlabeled_inputs is original
+    assert SemiSupervisedTrainer._unlabeled_inputs(fake, batch)[1] == ["a", "b", "c"]
