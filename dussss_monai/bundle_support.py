@@ -35,6 +35,7 @@ __all__ = [
     "matched_epoch_length",
     "save_run_record",
     "config_from_command_line",
+    "check_command_line",
     "environment_versions",
     "METHODS",
 ]
@@ -344,6 +345,53 @@ def environment_versions() -> dict[str, str]:
     return versions
 
 
+def _command_line_overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """``(key, value as typed)`` of every ``--key value`` / ``--key=value`` of a ``monai.bundle`` command line."""
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--"):
+            key, has_eq, value = a[2:].partition("=")
+            if not has_eq:
+                value = argv[i + 1] if i + 1 < len(argv) else "True"
+                i += 1
+            pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def check_command_line(argv: Sequence[str] | None = None) -> None:
+    """Refuse overrides that ``python -m monai.bundle`` would drop without a word.
+
+    python-fire turns ``--key None`` into Python ``None``, and ``monai.bundle`` ignores every override whose
+    value is ``None`` (``update_kwargs(ignore_none=True)``), so the config's own value would be used while the
+    user believes it was replaced (``--pseudo_label_threshold None`` would train on hard labels at 0.95). The
+    bundle configs call this first in ``initialize``. A command line without ``--config_file`` (a bundle run
+    from Python) is not checked.
+
+    Args:
+        argv: the command line, ``sys.argv`` when ``None``.
+
+    Raises:
+        ConfigError: naming each such override and the spelling that works: ``--key '$None'`` (a config
+            expression that evaluates to ``None``).
+    """
+    from fire.parser import DefaultParseValue
+
+    pairs = _command_line_overrides(list(sys.argv if argv is None else argv))
+    if not any(key == "config_file" for key, _ in pairs):  # not a monai.bundle command line (e.g. Python use)
+        return
+    dropped = [key for key, value in pairs if DefaultParseValue(value) is None]
+    if dropped:
+        listed = ", ".join(f"--{k} None" for k in dropped)
+        fixes = " ".join(f"--{k} '$None'" for k in dropped)
+        raise ConfigError(
+            f"{listed}: python -m monai.bundle ignores overrides whose value is None, so the config's value would "
+            f"be used instead. To set None, write {fixes}"
+        )
+
+
 def config_from_command_line(argv: Sequence[str] | None = None) -> dict | None:
     """The config a ``python -m monai.bundle run ...`` command executes: its config files merged, with the
     command-line overrides applied (expressions are kept as written, so the record can be re-run).
@@ -361,20 +409,14 @@ def config_from_command_line(argv: Sequence[str] | None = None) -> dict | None:
     files: list[str] = []
     overrides: dict[str, Any] = {}
     skip = {"config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id"}
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a.startswith("--"):
-            key, has_eq, value = a[2:].partition("=")
-            if not has_eq:
-                value = args[i + 1] if i + 1 < len(args) else "True"
-                i += 1
-            if key == "config_file":
-                v = value.strip()
-                files = list(DefaultParseValue(v)) if v.startswith("[") else v.split(",")
-            elif key not in skip:
-                overrides[key] = DefaultParseValue(value)
-        i += 1
+    for key, value in _command_line_overrides(args):
+        if key == "config_file":
+            v = value.strip()
+            files = list(DefaultParseValue(v)) if v.startswith("[") else v.split(",")
+        elif key not in skip:
+            parsed = DefaultParseValue(value)
+            if parsed is not None:  # monai.bundle drops None overrides; the record shows what ran
+                overrides[key] = parsed
     if not files:
         return None
     try:

@@ -66,7 +66,11 @@ METHOD_TITLES = {"dussss": "DuSSS", "mean_teacher": "Mean teacher", "supervised"
 
 
 def _arg(value: object) -> str:
-    """Format an override for ``python -m monai.bundle`` (python-fire parses the value)."""
+    """Format an override for ``python -m monai.bundle`` (python-fire parses the value).
+
+    ``None`` becomes the config expression ``$None``: a plain ``None`` would be dropped by ``monai.bundle``."""
+    if value is None:
+        return "$None"
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value).replace(" ", "")
     return str(value)

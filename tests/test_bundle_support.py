@@ -165,3 +165,31 @@ def test_training_scalars_reads_the_first_decollated_item_and_keeps_only_scalars
     assert training_scalars([item, {"loss": 9.0}]) == expected
     assert training_scalars(item) == expected
     assert training_scalars([]) == {} and training_scalars(None) == {}
+
+
+def test_check_command_line_refuses_none_overrides_that_monai_bundle_would_drop():
+    from dussss_monai.bundle_support import check_command_line
+
+    base = ["monai.bundle", "run", "training", "--config_file", "train.json"]
+    check_command_line(base + ["--pseudo_label_threshold", "$None", "--patch_size=256"])  # fine
+    with pytest.raises(ConfigError, match=r"--pseudo_label_threshold None.*--pseudo_label_threshold '\$None'"):
+        check_command_line(base + ["--pseudo_label_threshold", "None"])
+    with pytest.raises(ConfigError, match="--patch_size None, --score_size None"):
+        check_command_line(base + ["--patch_size=None", "--max_epochs", "3", "--score_size", "None"])
+    check_command_line(["my_script.py", "--anything", "None"])  # not a bundle command line: not checked
+
+
+def test_run_record_leaves_out_none_overrides_as_monai_bundle_does(tmp_path):
+    from dussss_monai.bundle_support import config_from_command_line
+
+    config = tmp_path / "c.json"
+    config.write_text('{"threshold": 0.95, "size": 8}')
+    record = config_from_command_line(["x", "--config_file", str(config), "--threshold", "None", "--size", "16"])
+    assert record["threshold"] == 0.95 and record["size"] == 16
+
+
+def test_demo_bundle_command_writes_none_as_a_config_expression():
+    from dussss_monai.demo import bundle_command
+
+    cmd = bundle_command(Path("train.json"), "training", {"pseudo_label_threshold": None, "sizes": [1, 2]})
+    assert cmd[-4:] == ["--pseudo_label_threshold", "$None", "--sizes", "[1,2]"]

@@ -76,3 +76,19 @@ def test_configs_agree_with_metadata(bundle):
     for name in ("logging.conf",):
         assert (BUNDLES / bundle / "configs" / name).read_text() == (BUNDLES / ALL[0] / "configs" / name).read_text()
     assert (BUNDLES / bundle / "LICENSE").read_text() == (BUNDLES / ALL[0] / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_workflow_checks_its_command_line_first(name):
+    """`--key None` is dropped by monai.bundle; every workflow refuses it before doing anything else."""
+    for bundle in ALL:
+        assert _load(bundle, name)["initialize"][0] == "$dussss_monai.bundle_support.check_command_line()"
+
+
+def test_a_none_override_stops_a_bundle_run_with_the_spelling_that_works(tmp_path):
+    from bundle_cli import run_bundle_cli
+
+    proc = run_bundle_cli("training", BUNDLES / "dussss_qata_cov19" / "configs" / "train.json",
+                          {"pseudo_label_threshold": "None", "dataset_dir": str(tmp_path / "none")}, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0
+    assert "--pseudo_label_threshold '$None'" in proc.stderr + proc.stdout
