@@ -1,5 +1,6 @@
-"""Losses: semantic similarity supervision, dual contrastive, text-guided and segmentation losses."""
+"""Losses: semantic similarity supervision, dual contrastive, text-guided, segmentation and consistency losses."""
 
+from dussss_monai.losses.consistency import ProbabilityMSELoss
 from dussss_monai.losses.dual_contrastive import DualContrastiveLoss
 from dussss_monai.losses.dual_contrastive import positive_targets
 from dussss_monai.losses.dual_contrastive import soft_info_nce
