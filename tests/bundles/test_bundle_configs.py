@@ -92,3 +92,12 @@ def test_a_none_override_stops_a_bundle_run_with_the_spelling_that_works(tmp_pat
                           {"pseudo_label_threshold": "None", "dataset_dir": str(tmp_path / "none")}, cwd=tmp_path)  # fmt: skip
     assert proc.returncode != 0
     assert "--pseudo_label_threshold '$None'" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("bundle", ALL)
+def test_stage2_defaults_are_soft_pseudo_labels_with_the_squared_error_consistency(bundle):
+    """The validated default of bundle 0.4.0 (docs/benchmarks.md, row 35 and "Pseudo-label targets on MoNuSeg")."""
+    train = _load(bundle, "train.json")
+    assert train["pseudo_label_threshold"] is None
+    assert train["consistency_loss"] == {"_target_": "dussss_monai.losses.ProbabilityMSELoss"}
+    assert train["train"]["trainer"]["consistency_loss_function"] == "@consistency_loss"
