@@ -62,7 +62,7 @@ def run_one(args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader
 
     from dussss_monai.engines import SemiSupervisedTrainer
-    from dussss_monai.losses import SegmentationLoss
+    from dussss_monai.losses import ProbabilityMSELoss, SegmentationLoss
     from dussss_monai.networks import DuSSSVisionLanguageModel, GroundingDecoder, ViTImageEncoder
     from dussss_monai.refiner import VLMPseudoLabelRefiner
 
@@ -99,6 +99,7 @@ def run_one(args: argparse.Namespace) -> dict:
         network=net,
         optimizer=torch.optim.Adam(net.parameters(), lr=1e-4),
         loss_function=SegmentationLoss(),
+        consistency_loss_function=ProbabilityMSELoss(),  # the bundles' default (soft pseudo labels)
         method=args.method,
         refiner=refiner,
         decoder_optimizer=decoder_opt,
