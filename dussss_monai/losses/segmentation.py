@@ -2,8 +2,9 @@
 
 The paper names cross-entropy; the authors' code (as LViT) uses 0.5 soft Dice + 0.5 class-balanced binary
 cross-entropy. We use the latter, with targets allowed to be soft (the pseudo labels ``sigmoid(...)`` of
-stage 2 are probabilities, not hard masks). The same ``l`` serves ``L_sup``, ``L_merged``, ``L_text`` and the
-mean-teacher consistency term, so that the methods differ only in their targets.
+stage 2 are probabilities, not hard masks). ``l`` is ``L_sup``, and by default (the paper) also the loss of
+``L_merged``, ``L_text`` and the mean-teacher consistency term; the bundles use
+:class:`~dussss_monai.losses.ProbabilityMSELoss` for those unlabeled terms instead (measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
