@@ -562,7 +562,7 @@ def test_grounding_supervision_shares_one_vlm_forward_and_matches_a_separate_one
     # (outputs are decollated: one dict per labeled image, without the batch dimension)
     separate = before.ground(out["image"][None], ["left lung"])  # _data's first labeled text
     expected = SegmentationLoss()(separate.text_logits, out["label"][None])
-    assert float(out["loss_ground"]) == pytest.approx(float(expected), rel=1e-4)
+    assert float(out["loss_ground"]) == pytest.approx(expected.item(), rel=1e-4)
 
 
 def test_ignore_uncertain_pixels_keeps_only_confident_pseudo_labels():
