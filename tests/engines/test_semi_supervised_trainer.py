@@ -102,6 +102,22 @@ def _make(
     )
 
 
+class RecordingLoss(SegmentationLoss):
+    """SegmentationLoss that records the ``(target, mask)`` of every call (for the consistency-term tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    @property
+    def targets(self) -> list[torch.Tensor]:
+        return [target for target, _ in self.calls]
+
+    def forward(self, logits, target, mask=None):
+        self.calls.append((target.detach().clone(), mask))
+        return super().forward(logits, target, mask=mask)
+
+
 def _params(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -486,16 +502,11 @@ def test_cutmix_mixes_the_student_input_and_every_pseudo_label_with_the_same_box
     target is the same CutMix of the pseudo label computed on the clean images."""
     import dussss_monai.engines.semi_supervised_trainer as module
 
-    draws, targets, student_inputs, teacher_io, merged = [], [], [], [], []
+    draws, student_inputs, teacher_io, merged = [], [], [], []
     real_draw = module.draw_cutmix
     monkeypatch.setattr(module, "draw_cutmix", lambda *a, **k: draws.append(real_draw(*a, **k)) or draws[-1])
-
-    class Recording(SegmentationLoss):
-        def forward(self, logits, target, mask=None):
-            targets.append(target.detach().clone())
-            return super().forward(logits, target, mask=mask)
-
-    trainer = _make(method, batch_u=4, cutmix=True, consistency_loss_function=Recording())
+    recording = RecordingLoss()
+    trainer = _make(method, batch_u=4, cutmix=True, consistency_loss_function=recording)
     trainer.network.register_forward_pre_hook(lambda m, a: student_inputs.append(a[0].detach().clone()))
     trainer.teacher.register_forward_hook(lambda m, a, out: teacher_io.append((a[0].detach().clone(), out.detach().clone())))
     if method == "dussss":
@@ -507,6 +518,7 @@ def test_cutmix_mixes_the_student_input_and_every_pseudo_label_with_the_same_box
     torch.testing.assert_close(teacher_io[0][0], clean)
     torch.testing.assert_close(student_inputs[1], draw.apply(clean))  # [0] is the labeled batch
     assert not torch.equal(student_inputs[1], clean)
+    targets = recording.targets
     if method == "mean_teacher":
         (target,) = targets
         torch.testing.assert_close(target, draw.apply(torch.sigmoid(teacher_io[0][1])))
@@ -567,19 +579,14 @@ def test_grounding_supervision_shares_one_vlm_forward_and_matches_a_separate_one
 
 def test_ignore_uncertain_pixels_keeps_only_confident_pseudo_labels():
     """Confidence masking: pixels with a pseudo-label probability in [1 - p, p] do not reach the student."""
-    seen = {}
-
-    class Recording(SegmentationLoss):
-        def forward(self, logits, target, mask=None):
-            seen["target"], seen["mask"] = target, mask
-            return super().forward(logits, target, mask=mask)
-
-    trainer = _make("mean_teacher", pseudo_label_threshold=0.9, ignore_uncertain_pixels=True, consistency_loss_function=Recording())
+    recording = RecordingLoss()
+    trainer = _make("mean_teacher", pseudo_label_threshold=0.9, ignore_uncertain_pixels=True, consistency_loss_function=recording)
     student = torch.zeros(1, 1, 1, 4, requires_grad=True)
     probs = torch.tensor([0.05, 0.5, 0.89, 0.95]).view(1, 1, 1, 4)
     trainer._consistency(student, probs).backward()
-    assert torch.equal(seen["mask"].flatten(), torch.tensor([1.0, 0.0, 0.0, 1.0]))
-    assert torch.equal(seen["target"].flatten(), torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    target, mask = recording.calls[-1]
+    assert torch.equal(mask.flatten(), torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.equal(target.flatten(), torch.tensor([0.0, 0.0, 0.0, 1.0]))
     assert student.grad.flatten()[1:3].abs().sum() == 0 and student.grad.flatten()[[0, 3]].abs().sum() > 0
     # without it every pixel counts, the uncertain ones as background
     plain = _make("mean_teacher", pseudo_label_threshold=0.9)
@@ -644,15 +651,9 @@ def test_patch_batches_are_grounded_on_the_whole_image_and_cropped_to_the_patch(
 
 @pytest.mark.parametrize("method, names", [("mean_teacher", ["teacher"]), ("dussss", ["merged", "text"])])
 def test_output_reports_the_foreground_share_of_each_consistency_target(method, names):
-    targets = []
-
-    class Recording(SegmentationLoss):
-        def forward(self, logits, target, mask=None):
-            targets.append(target.detach().clone())
-            return super().forward(logits, target, mask=mask)
-
-    trainer = _first_step(_make(method, pseudo_label_threshold=0.6, consistency_loss_function=Recording()))
+    recording = RecordingLoss()
+    trainer = _first_step(_make(method, pseudo_label_threshold=0.6, consistency_loss_function=recording))
     out = trainer.state.output[0]
-    for name, target in zip(names, targets):
+    for name, target in zip(names, recording.targets):
         assert float(out[f"fg_fraction_{name}"]) == pytest.approx(float(target.mean()))
     assert not any(k.startswith("fg_fraction_") for k in _first_step(_make("supervised")).state.output[0])
