@@ -48,7 +48,8 @@ def positive_targets(n: int, texts: Sequence[str] | None, device: torch.device |
     if len(texts) != n:
         raise ConfigError(f"got {len(texts)} texts for a batch of {n}")
     ids = {t: k for k, t in enumerate(dict.fromkeys(texts))}
-    codes = torch.tensor([ids[t] for t in texts], device=device)
+    # built on the host and copied without blocking: a blocking copy would wait for every queued kernel
+    codes = torch.tensor([ids[t] for t in texts]).to(device, non_blocking=True)
     same = (codes.unsqueeze(0) == codes.unsqueeze(1)).float()
     return same / same.sum(1, keepdim=True)
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dussss_monai.losses.dual_contrastive import positive_targets
+
 __all__ = ["TextGuidedLoss", "mask_pool"]
 
 
@@ -73,9 +75,7 @@ class TextGuidedLoss(nn.Module):
         if texts is not None:
             if len(texts) != b:
                 raise ValueError(f"TextGuidedLoss: {len(texts)} texts for a batch of {b}")
-            ids: dict[str, int] = {}
-            codes = torch.tensor([ids.setdefault(str(t), len(ids)) for t in texts], device=text_embed.device)
-            return codes[:, None] == codes[None, :]
+            return positive_targets(b, texts, text_embed.device) > 0
         t = text_embed.detach()
         return (t[:, None, :] == t[None, :, :]).all(dim=-1)
 

@@ -70,6 +70,10 @@ class ViTImageEncoder(nn.Module):
         num_heads: attention heads; must divide ``hidden_size``.
         dropout_rate: dropout in the transformer, in ``[0, 1)``.
         qkv_bias: bias in the attention projections.
+        fused_attention: compute attention with ``torch.nn.functional.scaled_dot_product_attention`` (MONAI's
+            ``use_flash_attention`` of ``SABlock``) instead of an explicit ``(B, heads, N, N)`` softmax: the same
+            function and the same weights, less memory and fewer kernels. Only used when ``dropout_rate`` is 0,
+            because MONAI's fused path applies its attention dropout in eval mode too.
 
     Raises:
         ConfigError: for inconsistent sizes (patch not dividing the image, heads not dividing the width).
@@ -86,6 +90,7 @@ class ViTImageEncoder(nn.Module):
         num_heads: int = 12,
         dropout_rate: float = 0.0,
         qkv_bias: bool = True,
+        fused_attention: bool = True,
     ) -> None:
         super().__init__()
         self.img_size = _pair(img_size, "img_size")
@@ -118,6 +123,9 @@ class ViTImageEncoder(nn.Module):
         )
         # the classification head is never used: replace it so it holds no dead parameters
         self.vit.classification_head = nn.Identity()
+        self.fused_attention = bool(fused_attention) and dropout_rate == 0.0
+        for block in self.vit.blocks:
+            block.attn.use_flash_attention = self.fused_attention
         nn.init.trunc_normal_(self.vit.cls_token, std=0.02)
 
     def forward(self, x: torch.Tensor) -> ImageEncoding:

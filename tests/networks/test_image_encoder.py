@@ -117,3 +117,17 @@ def test_conv_clear_errors_and_factory():
         build_image_encoder("resnet", 1, 32)
     with pytest.raises(ConfigError, match="does not take"):
         build_image_encoder("conv", 1, 32, patch_size=8)
+
+
+def test_vit_fused_attention_computes_the_same_function_with_the_same_weights():
+    kw = dict(img_size=32, patch_size=8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=4)
+    torch.manual_seed(0)
+    fused = ViTImageEncoder(1, **kw).eval()
+    plain = ViTImageEncoder(1, fused_attention=False, **kw).eval()
+    plain.load_state_dict(fused.state_dict())  # the option changes no parameter
+    assert fused.fused_attention and not plain.fused_attention
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(fused(x).patches, plain(x).patches, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused(x).cls, plain(x).cls, rtol=1e-4, atol=1e-5)
+    # MONAI's fused path would apply attention dropout in eval mode too: with dropout it is not used
+    assert not ViTImageEncoder(1, dropout_rate=0.1, **kw).fused_attention
