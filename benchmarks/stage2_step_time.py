@@ -127,9 +127,27 @@ def run_one(args: argparse.Namespace) -> dict:
         _sync()
         times.append(time.perf_counter() - start["t"])
 
+    profiler = None
+    if args.profile_out:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        profiler = torch.profiler.profile(activities=activities)
+
+        @trainer.on(Events.ITERATION_STARTED(once=args.warmup + 1))
+        def _profile_from_first_timed_iteration(engine):
+            profiler.start()
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer.run()
+    if profiler is not None:
+        _sync()
+        profiler.stop()
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        with open(args.profile_out, "w") as f:
+            f.write(f"{args.method}: {args.iters} iterations, sorted by {sort}\n")
+            f.write(profiler.key_averages().table(sort_by=sort, row_limit=45))
     timed = times[args.warmup:]
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**20
@@ -158,18 +176,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grounding-supervision-weight", type=float, default=1.0,
                    help="beta of f_g's supervision on the labeled masks (bundle default 1.0; the paper: 0)")
     p.add_argument("--text-guided-weight", type=float, default=0.1, help="weight of L_tg (bundle default 0.1)")
+    p.add_argument("--profile", default=None, metavar="PREFIX",
+                   help="also run mean teacher and DuSSS once more under torch.profiler (not timed) and write the "
+                        "operator tables to PREFIX_<method>.txt")
     p.add_argument("--method", choices=METHODS, default=None, help="run one method in this process (internal)")
+    p.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.method is not None:
         print(json.dumps(run_one(args)))
         return
     argv = list(sys.argv[1:] if argv is None else argv)
+    if args.profile:
+        argv = [a for i, a in enumerate(argv) if a != "--profile" and (i == 0 or argv[i - 1] != "--profile")]
     results = {}
     for method in METHODS:
         out = subprocess.run([sys.executable, __file__, *argv, "--method", method], capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"{method} failed:\n{out.stderr[-3000:]}")
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])
+    for method in ("mean_teacher", "dussss") if args.profile else ():
+        out_file = f"{args.profile}_{method}.txt"
+        out = subprocess.run([sys.executable, __file__, *argv, "--method", method, "--profile-out", out_file],
+                             capture_output=True, text=True)
+        print(f"profile of {method}: {out_file}" if out.returncode == 0 else f"profile of {method} failed: {out.stderr[-500:]}")
     base = results["supervised"]["sec_per_iter"]
     print(f"device={args.device} size={args.size} batch={args.batch} iters={args.iters} unet={args.unet_channels} "
           f"vit=({args.vit_hidden}, {args.vit_layers} layers, patch {args.patch}) amp={args.amp}")
