@@ -14,10 +14,12 @@
 #     python benchmarks/prepare_gpu_payload.py --monuseg ../shared/data/monuseg --out .device
 # Then run, on the GPU machine, from the repository root:
 #     bash benchmarks/gpu.sh [.device] [results_dir]
-# Knobs (environment): SEEDS (0,1,2), METHODS (supervised,mean_teacher,dussss), RATIO (0.25), PRE_EPOCHS (30),
-# EPOCHS (40), SWEEP_TIMEOUT (330 s: runs still going then are stopped and the finished ones reported),
+# Knobs (environment): SEEDS (0,1,2), METHODS (supervised,mean_teacher,dussss), RATIO (0.25), PRE_EPOCHS (20),
+# EPOCHS (25; the bundle's is 100), SWEEP_TIMEOUT (330 s: runs still going then are stopped and the finished ones reported),
 # DEVICE (cuda), STEP_ARGS (extra arguments of stage2_step_time.py), SWEEP_EXTRA (extra --extra items),
-# SKIP_INSTALL=1 (use the installed packages). Budget: about 6-7 minutes on one H200.
+# SKIP_INSTALL=1 (use the installed packages), STEP_TIME=0 (skip part 1).
+# Measured on one H200 (docs/gpu_runs/2026-11-27_h200_session5.log): parts 2 and 3 took 209 s with these defaults
+# (9 runs side by side, 19.5 GiB of GPU memory at most); part 1 takes about 2-3 minutes (5 processes start).
 # Stage 1 runs with the text augmentation replaced by the identity: the cached text features only know the
 # dataset's own sentences (the text encoder is frozen, so this changes nothing in the cost of a step).
 set -uo pipefail
@@ -26,8 +28,8 @@ OUT_DIR=${2:-${OUT:-/tmp/gpu_results}}
 SEEDS=${SEEDS:-0,1,2}
 METHODS=${METHODS:-supervised,mean_teacher,dussss}
 RATIO=${RATIO:-0.25}
-PRE_EPOCHS=${PRE_EPOCHS:-30}
-EPOCHS=${EPOCHS:-40}
+PRE_EPOCHS=${PRE_EPOCHS:-20}
+EPOCHS=${EPOCHS:-25}
 SWEEP_TIMEOUT=${SWEEP_TIMEOUT:-330}
 DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-/tmp/gpu_sweep}
@@ -45,13 +47,15 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 T0=$(date +%s)
 
+if [ "${STEP_TIME:-1}" = 1 ]; then
 echo "== 1. stage-2 step time (same network and batch) =="
 AMP=""; [ "$DEVICE" = cuda ] && AMP="--amp"
 # shellcheck disable=SC2086
-timeout 200 python3 benchmarks/stage2_step_time.py --device "$DEVICE" --size 224 --batch 16 --iters 30 $AMP \
+timeout 300 python3 benchmarks/stage2_step_time.py --device "$DEVICE" --size 224 --batch 16 --iters 30 $AMP \
     --unet-channels 32 64 128 256 512 --vit-hidden 768 --vit-layers 12 --vit-heads 12 --embed-dim 512 \
     --decoder-channels 128 --profile "$OUT_DIR/profile_b16" ${STEP_ARGS:-} 2>&1 | tee "$OUT_DIR/step_time.txt"
 echo "(step time: $(( $(date +%s) - T0 )) s)"
+fi
 
 echo "== 2. MoNuSeg at 224 px, ratio $RATIO, seeds $SEEDS, methods $METHODS: $PRE_EPOCHS + $EPOCHS epochs =="
 TEXT="{\"_target_\": \"dussss_monai.networks.CachedTextEncoder\", \"state\": \"$PAYLOAD/text_cache.pt\"}"
@@ -79,8 +83,8 @@ echo "(sweep: $(( $(date +%s) - T1 )) s for every run side by side)"
 grep -h -E "validation Dice|FAILED" "$WORK"/sweep_*.log
 
 echo "== 3. results =="
-OMP_NUM_THREADS=8 timeout 120 "${SWEEP[@]}" "${EXTRA[@]}" --seeds "$SEEDS" --methods "$METHODS" > "$WORK/collect.log" 2>&1 \
-    || echo "collect exited with $? (some runs missing?)"
+OMP_NUM_THREADS=8 timeout "${COLLECT_TIMEOUT:-120}" "${SWEEP[@]}" "${EXTRA[@]}" --seeds "$SEEDS" --methods "$METHODS" --report_only \
+    > "$WORK/collect.log" 2>&1 || { echo "collect exited with $?:"; grep -A12 "^failed:" "$WORK/collect.log"; }
 cat "$WORK/results.md" 2>/dev/null
 echo "peak GPU memory used by the whole sweep (all runs at once): $(sort -n "$WORK/gpu_memory_used.txt" | tail -1) MiB"
 for F in "$WORK"/pretrain/*/stage1_done.json; do

@@ -67,6 +67,8 @@ Usage (from the repository root)::
     python benchmarks/monuseg_accuracy.py --dataset_dir ../shared/data/monuseg
     # print the commands only
     python benchmarks/monuseg_accuracy.py --dry_run
+    # tables and figures of the finished runs only (e.g. after runs in parallel processes, or a stopped sweep)
+    python benchmarks/monuseg_accuracy.py --workdir runs/benchmarks/monuseg --report_only
     # the paper's setting on a GPU
     python benchmarks/monuseg_accuracy.py --budget gpu --workdir runs/benchmarks/monuseg_gpu
     # native-resolution 256-pixel patches, U-Net 32-512, scored at 224 (docs/benchmarks.md; ~4 h on 2 cores)
@@ -553,6 +555,9 @@ class Sweep:
             self._warn_if_settings_differ(label, folder, self.train_overrides(spec, ratio, seed))
             self._collect(ratio, seed, spec, summary_path, timing_path)
             return
+        if self.args.report_only:
+            self.failures.append(f"{label} not finished (no {summary_path}); --report_only runs nothing")
+            return
         if spec.stage1 is not None and not self.ensure_stage1(spec.stage1, seed):
             self.failures.append(f"{label} not run: its stage-1 model ({spec.stage1}, seed {seed}) failed")
             return
@@ -976,6 +981,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra", action="append", metavar="[STAGE:]KEY=VALUE", help="further bundle override (repeatable)")
     p.add_argument("--overlay_images", type=int, default=4, help="validation tiles in overlays_ratio<r>.png")
     p.add_argument("--dry_run", action="store_true", help="print the commands only")
+    p.add_argument("--report_only", action="store_true",
+                   help="run nothing: write results.md / results.csv and the figures from the runs already finished")
     return p
 
 

@@ -24,6 +24,11 @@ Measured (one run each, data from an in-memory list, ``num_workers=0``):
 - NVIDIA H200, 224 px, batch 16 + 16, UNet 32-512 (2 residual units), ViT-B/16 (768, 12 layers), D = 512,
   f_g 128 channels, fp32: 0.024 / 0.040 / 0.086 s/iter = x1.00 / x1.65 / x3.55, peak 787 / 1557 / 2648 MiB;
   with ``--amp``: 0.021 / 0.033 / 0.094 s/iter = x1.00 / x1.54 / x4.46, peak 492 / 878 / 1955 MiB.
+- NVIDIA H200, same sizes, ``--amp --embed-dim 512 --decoder-channels 128``, code of 2026-11-27 (multi-tensor EMA,
+  fused attention, f_g supervised on the labeled batch in the joint forward): batch 32: 0.0193 / 0.0398 / 0.0776
+  s/iter = x1.00 / x2.06 / x4.01 (DuSSS / MT 1.95); batch 16 without f_g's supervision: x1.00 / x1.48 / x3.77
+  (2.55). The profile (``--profile``) shows why: the GPU is busy about 26 ms of a DuSSS step of 84 ms, the rest is
+  the CPU launching about 2000 kernels (docs/benchmarks.md, "Stage 2: step time").
 """
 
 from __future__ import annotations
@@ -144,10 +149,11 @@ def run_one(args: argparse.Namespace) -> dict:
     if profiler is not None:
         _sync()
         profiler.stop()
-        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        sorts = ["self_cuda_time_total", "cpu_time_total"] if device.type == "cuda" else ["cpu_time_total"]
         with open(args.profile_out, "w") as f:
-            f.write(f"{args.method}: {args.iters} iterations, sorted by {sort}\n")
-            f.write(profiler.key_averages().table(sort_by=sort, row_limit=45))
+            for sort in sorts:
+                f.write(f"{args.method}: {args.iters} iterations, sorted by {sort}\n")
+                f.write(profiler.key_averages().table(sort_by=sort, row_limit=40) + "\n")
     timed = times[args.warmup:]
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**20
@@ -196,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])
     for method in ("mean_teacher", "dussss") if args.profile else ():
         out_file = f"{args.profile}_{method}.txt"
-        out = subprocess.run([sys.executable, __file__, *argv, "--method", method, "--profile-out", out_file],
+        # a few iterations only: a profiled DuSSS step records thousands of events (30 took over two minutes)
+        out = subprocess.run([sys.executable, __file__, *argv, "--iters", "8", "--method", method, "--profile-out", out_file],
                              capture_output=True, text=True)
         print(f"profile of {method}: {out_file}" if out.returncode == 0 else f"profile of {method} failed: {out.stderr[-500:]}")
     base = results["supervised"]["sec_per_iter"]

@@ -67,3 +67,25 @@ def test_rotated_text_control_gives_each_unlabeled_image_its_neighbours_sentence
         uninstall()
     assert SemiSupervisedTrainer._unlabeled_inputs is original
     assert SemiSupervisedTrainer._unlabeled_inputs(fake, batch)[1] == ["a", "b", "c"]
+
+
+def test_monuseg_sweep_report_only_collects_finished_runs_and_runs_nothing(tmp_path, capsys):
+    """--report_only (used by gpu.sh after runs in parallel processes) tabulates what finished, names what did
+    not, and starts no bundle run."""
+    import json
+
+    data = generate_demo_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=0, image_size=32)
+    bench = _load("monuseg_accuracy")
+    work = tmp_path / "work"
+    done = work / "ratio0.25" / "seed0" / "supervised" / "eval"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"mean_dice": 0.61, "mean_iou": 0.45, "n": 4}))
+    rc = bench.main(["--report_only", "--dataset_dir", str(data), "--ratios", "0.25", "--seeds", "0",
+                     "--methods", "supervised,mean_teacher", "--workdir", str(work)])
+    captured = capsys.readouterr()
+    assert rc == 1  # a planned run is missing
+    assert "-m monai.bundle" not in captured.out and not (work / "pretrain").exists()
+    assert "mean_teacher] not finished" in captured.err
+    rows = (work / "results.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("0.25,0,supervised,0.61")
+    assert "61.00" in (work / "results.md").read_text()
