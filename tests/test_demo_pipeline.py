@@ -12,32 +12,49 @@ from dussss_monai import demo
 from dussss_monai.errors import DuSSSError
 
 
-def test_report_lists_every_method_with_its_scores():
+def test_report_lists_every_method_and_seed_with_the_mean_over_seeds():
     results = {
-        "dussss": {"mean_dice": 0.7086, "mean_iou": 0.5652, "std_dice": 0.1484, "n": 40},
-        "supervised": {"mean_dice": 0.7097, "mean_iou": 0.5643, "std_dice": 0.1397, "n": 40},
+        "dussss": {0: {"mean_dice": 0.7086, "mean_iou": 0.5652, "n": 40}, 1: {"mean_dice": 0.6886, "mean_iou": 0.5452, "n": 40}},
+        "supervised": {0: {"mean_dice": 0.7097, "mean_iou": 0.5643, "n": 40}, 1: {"mean_dice": 0.6697, "mean_iou": 0.5243, "n": 40}},
     }
     args = argparse.Namespace(labeled_ratio=0.25, seed=3, pretrain_epochs=40, epochs=30)
     text = demo._report(results, args, 168.0, Path("runs/demo"))
-    assert "| DuSSS | 70.86 ± 14.84 | 56.52 | 40 |" in text
-    assert "| Supervised only | 70.97 ± 13.97 | 56.43 | 40 |" in text
-    assert "seed 3" in text and "2.8 min" in text and "docs/benchmarks.md" in text
+    assert "| method | seed 0 | seed 1 | mean ± sd over seeds | mean IoU | images |" in text
+    assert "| DuSSS | 70.86 | 68.86 | 69.86 ± 1.41 | 55.52 | 40 |" in text
+    assert "| Supervised only | 70.97 | 66.97 | 68.97 ± 2.83 | 54.43 | 40 |" in text
+    # ranked by the mean over seeds, not by seed 0 (where supervised is ahead)
+    assert "Order of the means: DuSSS (69.86) > Supervised only (68.97)." in text
+    assert "data and stage-1 seed 3" in text and "2.8 min" in text and "docs/benchmarks.md" in text
+
+
+def test_report_of_one_seed_has_no_spread():
+    results = {"mean_teacher": {5: {"mean_dice": 0.5, "mean_iou": 0.4, "n": 4}}}
+    args = argparse.Namespace(labeled_ratio=0.5, seed=0, pretrain_epochs=1, epochs=1)
+    text = demo._report(results, args, 60.0, Path("w"))
+    assert "| Mean teacher | 50.00 | 50.00 | 40.00 | 4 |" in text
+
+
+def test_bad_seed_list_is_a_clear_error(capsys):
+    assert demo.main(["--seeds", "0,x"]) == 1
+    assert "--seeds expects comma-separated integers" in capsys.readouterr().err
 
 
 def test_demo_runs_end_to_end_in_one_epoch(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the demo runs the bundles from the project root
     work, data = tmp_path / "work", tmp_path / "data"
     rc = demo.main(["--workdir", str(work), "--dataset_dir", str(data), "--pretrain_epochs", "1", "--epochs", "1",
-                    "--methods", "dussss,mean_teacher"])
+                    "--methods", "dussss,mean_teacher", "--seeds", "4"])
     assert rc == 0
     report = (work / "report.md").read_text()
     assert "| DuSSS |" in report and "| Mean teacher |" in report
     for method in ("dussss", "mean_teacher"):
-        summary = json.loads((work / method / "eval" / "summary.json").read_text())
+        summary = json.loads((work / method / "seed4" / "eval" / "summary.json").read_text())
         assert summary["n"] == 40 and 0.0 <= summary["mean_dice"] <= 1.0
-        assert (work / method / "models" / "model.pt").is_file()
+        assert (work / method / "seed4" / "models" / "model.pt").is_file()
+        run = json.loads((work / method / "seed4" / "run" / "run.json").read_text())
+        assert run["seed"] == 4  # the stage-2 seed reached the bundle
     assert (work / "models" / "vlm.pt").is_file()
-    assert "validation Dice" in capsys.readouterr().out
+    assert "Validation Dice (%) of the student" in capsys.readouterr().out  # the report is printed too
 
 
 def test_run_bundle_failure_names_the_log(tmp_path):
