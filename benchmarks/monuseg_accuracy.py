@@ -6,8 +6,8 @@ MoNuSeg bundle ``bundles/dussss_monuseg`` is run exactly as a user would run it,
 ``python -m monai.bundle`` subprocess per step (command printed, output kept in a log file):
 
 1. stage 1, ``configs/pretrain.json`` (run id ``training``): the vision-language model, once per seed and
-   per stage-1 variant: ``full`` (used by ``dussss`` and ``dussss_no_tg``), ``no_sss`` (``--use_sss false``,
-   used by ``dussss_no_sss``) and ``no_dcl`` (``--intra_modal false``: cross-modal contrast only, i.e.
+   per stage-1 variant: ``full`` (used by ``dussss`` and ``dussss_no_tg``), ``no_sss`` (``--use_sss False``,
+   used by ``dussss_no_sss``) and ``no_dcl`` (``--intra_modal False``: cross-modal contrast only, i.e.
    without the *dual* part of Dual Contrastive Learning, used by ``dussss_no_dcl``). Stage 1 reads all
    training image-text pairs (no masks), so it does not depend on ``r``; the baselines do not need it;
 2. stage 2, ``configs/train.json`` (run id ``training``) with ``--method``, ``--labeled_ratio``, ``--seed``;
@@ -19,7 +19,7 @@ MoNuSeg bundle ``bundles/dussss_monuseg`` is run exactly as a user would run it,
 
 Methods: ``supervised`` (labeled images only), ``mean_teacher``, ``dussss``, ``dussss_no_sss`` (stage-1
 VLM without SSS), ``dussss_no_dcl`` (stage-1 VLM without intra-modal contrast), ``dussss_no_tg``
-(``--use_text_guided_loss false``: the grounding decoder gets no L_tg; it still learns from the labeled
+(``--use_text_guided_loss False``: the grounding decoder gets no L_tg; it still learns from the labeled
 masks when the bundle's ``grounding_supervision_weight`` is above 0), ``supervised_full`` (supervised
 with ``--labeled_ratio 1.0``; run once per seed, shown in every ratio's table).
 

@@ -362,34 +362,52 @@ def _command_line_overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def check_command_line(argv: Sequence[str] | None = None) -> None:
-    """Refuse overrides that ``python -m monai.bundle`` would drop without a word.
+    """Refuse overrides that ``python -m monai.bundle`` would drop or misread without a word.
 
-    python-fire turns ``--key None`` into Python ``None``, and ``monai.bundle`` ignores every override whose
-    value is ``None`` (``update_kwargs(ignore_none=True)``), so the config's own value would be used while the
-    user believes it was replaced (``--pseudo_label_threshold None`` would train on hard labels at 0.95). The
-    bundle configs call this first in ``initialize``. A command line without ``--config_file`` (a bundle run
-    from Python) is not checked.
+    Two spellings look right and are not:
+
+    - ``--key None``: python-fire turns it into Python ``None``, and ``monai.bundle`` ignores every override
+      whose value is ``None`` (``update_kwargs(ignore_none=True)``), so the config's own value would be used
+      while the user believes it was replaced (``--pseudo_label_threshold None`` would train on hard labels).
+    - ``--key false`` / ``true`` / ``null`` (JSON's spelling, as in the config files): python-fire reads them as
+      the *strings* ``"false"``, ``"true"``, ``"null"``, and the string ``"false"`` is true in Python, so
+      ``--use_text_loss false`` would leave L_text on.
+
+    The bundle configs call this first in ``initialize``. A command line without ``--config_file`` (a bundle
+    run from Python) is not checked.
 
     Args:
         argv: the command line, ``sys.argv`` when ``None``.
 
     Raises:
         ConfigError: naming each such override and the spelling that works: ``--key '$None'`` (a config
-            expression that evaluates to ``None``).
+            expression that evaluates to ``None``), ``--key False`` / ``--key True``.
     """
     from fire.parser import DefaultParseValue
 
     pairs = _command_line_overrides(list(sys.argv if argv is None else argv))
     if not any(key == "config_file" for key, _ in pairs):  # not a monai.bundle command line (e.g. Python use)
         return
+    problems: list[str] = []
     dropped = [key for key, value in pairs if DefaultParseValue(value) is None]
     if dropped:
         listed = ", ".join(f"--{k} None" for k in dropped)
         fixes = " ".join(f"--{k} '$None'" for k in dropped)
-        raise ConfigError(
+        problems.append(
             f"{listed}: python -m monai.bundle ignores overrides whose value is None, so the config's value would "
             f"be used instead. To set None, write {fixes}"
         )
+    json_words = {"true": "True", "false": "False", "null": "'$None'"}
+    misread = [(key, value) for key, value in pairs if value.strip().lower() in json_words and value.strip() not in ("True", "False")]
+    if misread:
+        listed = ", ".join(f"--{k} {v}" for k, v in misread)
+        fixes = " ".join(f"--{k} {json_words[v.strip().lower()]}" for k, v in misread)
+        problems.append(
+            f"{listed}: python-fire passes this as a string (the string 'false' counts as true), not as the JSON "
+            f"value. Write {fixes} (or --key \"'text'\" if you meant the word)"
+        )
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def config_from_command_line(argv: Sequence[str] | None = None) -> dict | None:

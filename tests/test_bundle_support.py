@@ -193,3 +193,17 @@ def test_demo_bundle_command_writes_none_as_a_config_expression():
 
     cmd = bundle_command(Path("train.json"), "training", {"pseudo_label_threshold": None, "sizes": [1, 2]})
     assert cmd[-4:] == ["--pseudo_label_threshold", "$None", "--sizes", "[1,2]"]
+
+
+def test_check_command_line_refuses_json_spelled_literals_that_fire_reads_as_strings():
+    """``--use_text_loss false`` reached the trainer as the string "false" (truthy) and changed nothing."""
+    from dussss_monai.bundle_support import check_command_line
+
+    base = ["monai.bundle", "run", "training", "--config_file", "train.json"]
+    check_command_line(base + ["--use_text_loss", "False", "--cutmix=True", "--run_name", "falsehood"])  # fine
+    with pytest.raises(ConfigError, match=r"--use_text_loss false, --cutmix true: .*string.*--use_text_loss False --cutmix True"):
+        check_command_line(base + ["--use_text_loss", "false", "--cutmix", "true"])
+    with pytest.raises(ConfigError, match=r"--patch_size null.*--patch_size '\$None'"):
+        check_command_line(base + ["--patch_size=null"])
+    with pytest.raises(ConfigError, match=r"--a None.*'\$None'; --b FALSE.*--b False"):  # both problems in one message
+        check_command_line(base + ["--a", "None", "--b", "FALSE"])

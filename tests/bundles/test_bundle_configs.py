@@ -85,13 +85,17 @@ def test_every_workflow_checks_its_command_line_first(name):
         assert _load(bundle, name)["initialize"][0] == "$dussss_monai.bundle_support.check_command_line()"
 
 
-def test_a_none_override_stops_a_bundle_run_with_the_spelling_that_works(tmp_path):
+@pytest.mark.parametrize(
+    "key, typed, fix",
+    [("pseudo_label_threshold", "None", "--pseudo_label_threshold '$None'"), ("use_text_loss", "false", "--use_text_loss False")],
+)
+def test_a_misread_override_stops_a_bundle_run_with_the_spelling_that_works(tmp_path, key, typed, fix):
     from bundle_cli import run_bundle_cli
 
     proc = run_bundle_cli("training", BUNDLES / "dussss_qata_cov19" / "configs" / "train.json",
-                          {"pseudo_label_threshold": "None", "dataset_dir": str(tmp_path / "none")}, cwd=tmp_path)  # fmt: skip
+                          {key: typed, "dataset_dir": str(tmp_path / "none")}, cwd=tmp_path)  # fmt: skip
     assert proc.returncode != 0
-    assert "--pseudo_label_threshold '$None'" in proc.stderr + proc.stdout
+    assert fix in proc.stderr + proc.stdout
 
 
 @pytest.mark.parametrize("bundle", ALL)
