@@ -17,7 +17,7 @@
 # Knobs (environment): SEEDS (0,1,2), METHODS (supervised,mean_teacher,dussss), RATIO (0.25), PRE_EPOCHS (20),
 # EPOCHS (25; the bundle's is 100), SWEEP_TIMEOUT (330 s: runs still going then are stopped and the finished ones reported),
 # DEVICE (cuda), STEP_ARGS (extra arguments of stage2_step_time.py), SWEEP_EXTRA (extra --extra items),
-# SKIP_INSTALL=1 (use the installed packages), STEP_TIME=0 (skip part 1).
+# SKIP_INSTALL=1 (use the installed packages), STEP_TIME=0 (skip part 1), SWEEP=0 (part 1 only).
 # Measured on one H200 (docs/gpu_runs/2026-11-27_h200_session5.log): parts 2 and 3 took 209 s with these defaults
 # (9 runs side by side, 19.5 GiB of GPU memory at most); part 1 takes about 2-3 minutes (5 processes start).
 # Stage 1 runs with the text augmentation replaced by the identity: the cached text features only know the
@@ -63,6 +63,7 @@ DISABLE_ADDMM_CUDA_LT=1 timeout 100 python3 benchmarks/stage2_step_time.py --dev
 echo "(step time: $(( $(date +%s) - T0 )) s)"
 fi
 
+if [ "${SWEEP:-1}" != 1 ]; then echo "total: $(( $(date +%s) - T0 )) s"; exit 0; fi
 echo "== 2. MoNuSeg at 224 px, ratio $RATIO, seeds $SEEDS, methods $METHODS: $PRE_EPOCHS + $EPOCHS epochs =="
 TEXT="{\"_target_\": \"dussss_monai.networks.CachedTextEncoder\", \"state\": \"$PAYLOAD/text_cache.pt\"}"
 SWEEP=(python3 benchmarks/monuseg_accuracy.py --budget gpu --dataset_dir "$PAYLOAD/monuseg" --workdir "$WORK"
