@@ -398,7 +398,9 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
             f"be used instead. To set None, write {fixes}"
         )
     json_words = {"true": "True", "false": "False", "null": "'$None'"}
-    misread = [(key, value) for key, value in pairs if value.strip().lower() in json_words and value.strip() not in ("True", "False")]
+    misread = [
+        (key, value) for key, value in pairs if value.strip().lower() in json_words and value.strip() not in ("True", "False")
+    ]
     if misread:
         listed = ", ".join(f"--{k} {v}" for k, v in misread)
         fixes = " ".join(f"--{k} {json_words[v.strip().lower()]}" for k, v in misread)

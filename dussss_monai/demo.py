@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -228,8 +229,9 @@ def _run(args: argparse.Namespace) -> int:
     report = _report(results, args, time.time() - t0, work)
     path = atomic_write_text(work / "report.md", report)
     print("\n" + report, flush=True)
-    print(f"Outputs: models in {work}/<method>/seed<s>/models, per-image metrics and overlays in {work}/<method>/seed<s>/eval,")
-    print(f"logs in {work}/logs, TensorBoard logs in {work}/<method>/seed<s>/run. Report: {path}")
+    run = f"{work}/<method>/seed<s>"
+    print(f"Outputs: models in {run}/models, per-image metrics and overlays in {run}/eval,")
+    print(f"logs in {work}/logs, TensorBoard logs in {run}/run. Report: {path}")
     return 0
 
 
@@ -245,10 +247,7 @@ def _seed_list(text: str) -> list[int]:
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (``None`` for one value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _report(results: dict[str, dict[int, dict]], args: argparse.Namespace, seconds: float, work: Path) -> str:
