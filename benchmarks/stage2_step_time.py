@@ -28,7 +28,7 @@ Measured (one run each, data from an in-memory list, ``num_workers=0``):
   fused attention, f_g supervised on the labeled batch in the joint forward): batch 32: 0.0193 / 0.0398 / 0.0776
   s/iter = x1.00 / x2.06 / x4.01 (DuSSS / MT 1.95); batch 16 without f_g's supervision: x1.00 / x1.48 / x3.77
   (2.55). The profile (``--profile``) shows why: the GPU is busy about 26 ms of a DuSSS step of 84 ms, the rest is
-  the CPU launching about 2000 kernels (docs/benchmarks.md, "Stage 2: step time").
+  the CPU launching about 2200 kernels (docs/benchmarks.md, "Stage 2: step time").
 """
 
 from __future__ import annotations
