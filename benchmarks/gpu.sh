@@ -93,9 +93,11 @@ echo "== 3. results =="
 OMP_NUM_THREADS=8 timeout "${COLLECT_TIMEOUT:-120}" "${SWEEP[@]}" "${EXTRA[@]}" --seeds "$SEEDS" --methods "$METHODS" --report_only \
     > "$WORK/collect.log" 2>&1 || { echo "collect exited with $?:"; grep -A12 "^failed:" "$WORK/collect.log"; }
 cat "$WORK/results.md" 2>/dev/null
-echo "peak GPU memory used by the whole sweep (all runs at once): $(sort -n "$WORK/gpu_memory_used.txt" | tail -1) MiB"
+if [ -s "$WORK/gpu_memory_used.txt" ]; then
+    echo "peak GPU memory used by the whole sweep (all runs at once): $(sort -n "$WORK/gpu_memory_used.txt" | tail -1) MiB"
+fi
 for F in "$WORK"/pretrain/*/stage1_done.json; do
-    [ -f "$F" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-2], 'stage 1: %.0f s wall (start-up, $PRE_EPOCHS epochs x 24 pairs, validation)' % d['seconds'])" "$F"
+    [ -f "$F" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-2], 'stage 1: %.0f s wall (start-up, $PRE_EPOCHS epochs, validation)' % d['seconds'])" "$F"
 done
 cp "$WORK"/results.md "$WORK"/results.csv "$WORK"/*.png "$OUT_DIR"/ 2>/dev/null
 tar czf "$OUT_DIR/logs.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='*.nii*' --exclude='*overlay*' . 2>/dev/null
