@@ -50,16 +50,15 @@ T0=$(date +%s)
 if [ "${STEP_TIME:-1}" = 1 ]; then
 echo "== 1. stage-2 step time (same network and batch) =="
 AMP=""; [ "$DEVICE" = cuda ] && AMP="--amp"
-# shellcheck disable=SC2086
-timeout 300 python3 benchmarks/stage2_step_time.py --device "$DEVICE" --size 224 --batch 16 --iters 30 $AMP \
-    --unet-channels 32 64 128 256 512 --vit-hidden 768 --vit-layers 12 --vit-heads 12 --embed-dim 512 \
-    --decoder-channels 128 --profile "$OUT_DIR/profile_b16" ${STEP_ARGS:-} 2>&1 | tee "$OUT_DIR/step_time.txt"
+# the MoNuSeg bundle's sizes; STEP_ARGS come last, so they override
+# shellcheck disable=SC2086,SC2206
+STEP=(python3 benchmarks/stage2_step_time.py --device "$DEVICE" --size 224 --batch 16 --iters 30 $AMP
+    --unet-channels 32 64 128 256 512 --vit-hidden 768 --vit-layers 12 --vit-heads 12 --embed-dim 512
+    --decoder-channels 128 ${STEP_ARGS:-})
+timeout 300 "${STEP[@]}" --profile "$OUT_DIR/profile_b16" 2>&1 | tee "$OUT_DIR/step_time.txt"
 # cuBLASLt's addmm spends about 200 us of CPU per call in the ViT (docs/benchmarks.md): DuSSS alone without it
-# shellcheck disable=SC2086
-DISABLE_ADDMM_CUDA_LT=1 timeout 100 python3 benchmarks/stage2_step_time.py --device "$DEVICE" --size 224 --batch 16 \
-    --iters 30 $AMP --unet-channels 32 64 128 256 512 --vit-hidden 768 --vit-layers 12 --vit-heads 12 --embed-dim 512 \
-    --decoder-channels 128 --method dussss ${STEP_ARGS:-} 2>&1 | tail -1 | sed 's/^/DISABLE_ADDMM_CUDA_LT=1: /' \
-    | tee -a "$OUT_DIR/step_time.txt"
+DISABLE_ADDMM_CUDA_LT=1 timeout 100 "${STEP[@]}" --method dussss 2>&1 | tail -1 \
+    | sed 's/^/DISABLE_ADDMM_CUDA_LT=1: /' | tee -a "$OUT_DIR/step_time.txt"
 echo "(step time: $(( $(date +%s) - T0 )) s)"
 fi
 

@@ -192,8 +192,6 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_one(args)))
         return
     argv = list(sys.argv[1:] if argv is None else argv)
-    if args.profile:
-        argv = [a for i, a in enumerate(argv) if a != "--profile" and (i == 0 or argv[i - 1] != "--profile")]
     results = {}
     for method in METHODS:
         out = subprocess.run([sys.executable, __file__, *argv, "--method", method], capture_output=True, text=True)

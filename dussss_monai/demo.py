@@ -258,6 +258,9 @@ def _report(results: dict[str, dict[int, dict]], args: argparse.Namespace, secon
         args: the demo's command line (ratio, epochs, data seed).
         seconds: the wall time of the whole demo.
         work: the work folder (named in the report).
+
+    Returns:
+        the report as Markdown.
     """
     seeds = sorted({seed for per_seed in results.values() for seed in per_seed})
     lines = [
@@ -296,7 +299,7 @@ def _report(results: dict[str, dict[int, dict]], args: argparse.Namespace, secon
         "",
         "On this data the methods differ by about a point, less than the seed-to-seed spread (the ± above), so a "
         "single seed can order them either way; docs/benchmarks.md has the longer runs, MoNuSeg, and a control "
-        "with shuffled sentences.",
+        "with rotated sentences.",
         "",
         f"Per-image metrics: `{work}/<method>/seed<s>/eval/per_image_metrics.csv`.",
     ]

@@ -69,19 +69,17 @@ def ema_update(target: nn.Module, source: nn.Module, decay: float, buffers: str 
 def _ema_(pairs: list[tuple[torch.Tensor, torch.Tensor]], decay: float) -> None:
     """``t <- decay * t + (1 - decay) * s`` for every ``(t, s)`` pair, in place.
 
-    Two multi-tensor kernels (``torch._foreach_mul_`` / ``torch._foreach_add_``, as ``torch.optim`` uses) per
-    (device, dtype) group instead of two kernels per tensor: a U-Net has about a hundred parameter tensors, and on
-    a GPU the per-tensor launches, not the arithmetic, were the cost of the update. The arithmetic is the same
-    multiply-then-add as one tensor at a time, so results are bit for bit those of the per-tensor loop.
+    Multi-tensor kernels (``torch._foreach_mul_`` / ``torch._foreach_add_``, as ``torch.optim`` uses; they group
+    the tensors by device and dtype themselves) instead of two kernels per tensor: a U-Net has about a hundred
+    parameter tensors, and on a GPU the per-tensor launches, not the arithmetic, were the cost of the update. The
+    arithmetic is the same multiply-then-add as one tensor at a time, so results are bit for bit those of the
+    per-tensor loop.
     """
-    groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    for t, s in pairs:
-        targets, sources = groups.setdefault((t.device, t.dtype), ([], []))
-        targets.append(t)
-        sources.append(s.to(device=t.device, dtype=t.dtype))
-    for targets, sources in groups.values():
-        torch._foreach_mul_(targets, decay)
-        torch._foreach_add_(targets, sources, alpha=1.0 - decay)
+    if not pairs:
+        return
+    targets = [t for t, _ in pairs]
+    torch._foreach_mul_(targets, decay)
+    torch._foreach_add_(targets, [s for _, s in pairs], alpha=1.0 - decay)
 
 
 def _check_same(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor], what: str) -> None:
