@@ -43,7 +43,8 @@ class GroundingResult(NamedTuple):
     """Everything one grounding forward produces (gradients flow into f_g when grad mode is on).
 
     Attributes:
-        pixel_features: L2-normalised per-pixel features ``v_f`` ``(B, D, h', w')``.
+        pixel_features: L2-normalised per-pixel features ``v_f`` ``(B, D, h', w')`` (``h', w' = H, W`` when f_g
+            has the image skip).
         feature_logits: text-guided mask logits at feature resolution ``(B, 1, h', w')`` (pooled by L_tg).
         text_logits: the same logits upsampled to the image size ``(B, 1, H, W)``.
         text_embed: the frozen VLM's text embeddings ``(B, D)``.
@@ -168,7 +169,9 @@ class VLMPseudoLabelRefiner(nn.Module):
             raise ValueError(f"VLMPseudoLabelRefiner: {len(texts)} texts for {images.shape[0]} images")
         patches, grid = self.encode_patches(images)
         text_embed = self.encode_texts(texts, device=images.device)
-        features = self.grounding_decoder.pixel_features(patches, grid)
+        # f_g's optional image skip reads the image at the size the mask is wanted (not the VLM's input size)
+        image = images if getattr(self.grounding_decoder, "uses_image", False) else None
+        features = self.grounding_decoder.pixel_features(patches, grid, image)
         feature_logits = self.grounding_decoder.text_logits(features, text_embed, out_size=None)
         text_logits = F.interpolate(feature_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return GroundingResult(features, feature_logits, text_logits, text_embed)

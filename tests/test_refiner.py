@@ -143,3 +143,17 @@ def test_crop_to_boxes_equals_cropping_the_map():
     torch.testing.assert_close(half[1], F.interpolate(x[1:, :, :, 40:], size=(50, 20), mode="bilinear", align_corners=False)[0], atol=1.0, rtol=0)
     with pytest.raises(ValueError, match="boxes"):
         VLMPseudoLabelRefiner.crop_to_boxes(x, boxes[:1], (8, 8))
+
+
+def test_grounding_decoder_with_image_skip_reads_the_image_at_input_size():
+    """With f_g's image skip the mask is computed at the input size, from the input image (not the VLM's resize)."""
+    torch.manual_seed(0)
+    ref = VLMPseudoLabelRefiner(FakeVLM(), GroundingDecoder(12, 8, hidden_channels=8, image_skip_channels=4), vlm_image_size=(32, 32))
+    images = torch.rand(2, 1, 48, 40)
+    g = ref.ground(images, ["a", "b"])
+    assert g.pixel_features.shape == (2, 8, 48, 40)
+    torch.testing.assert_close(g.text_logits, g.feature_logits)
+    TextGuidedLoss()(g.pixel_features, g.feature_logits, g.text_embed, ["a", "b"]).backward()
+    skip = ref.grounding_decoder.image_skip
+    assert skip is not None and all(p.grad is not None and p.grad.abs().sum() > 0 for p in skip.parameters())
+    assert all(p.grad is None for p in ref.vlm.parameters())

@@ -4,6 +4,14 @@ The frozen stage-1 image encoder gives a grid of patch tokens (paper: 14 x 14 fo
 f_g upsamples them to per-pixel features ``v_f`` (two upsampling residual conv blocks: 14 -> 28 -> 56),
 projects them to the joint embedding size ``D`` and L2-normalises them. The text-guided mask is the
 per-pixel similarity of ``v_f`` with the L2-normalised text embedding ``t_f``, upsampled to the image.
+
+Optional (not in the paper, off by default): an *image skip*. The patch grid is coarse (8 x 8 for the
+demo's encoder at 64 px; 16 x 16 pixels per token for ViT-B/16), so the paper's f_g can place a sentence's
+zone but not a lesion's border. With ``image_skip_channels > 0`` two 3x3 convolutions read the image itself at
+full resolution, their features are concatenated with the upsampled patch features and fused before the
+projection to ``D``, as the input skip of UNETR's decoder (Hatamizadeh et al., WACV 2022) does.
+``v_f`` and the mask are then at the image's resolution. docs/benchmarks.md ("A grounding decoder that
+sees the image") has the measurements behind it.
 """
 
 from __future__ import annotations
@@ -73,9 +81,12 @@ class GroundingDecoder(nn.Module):
         init_logit_bias: initial value of the logit bias.
         max_logit_scale: upper clamp of the logit scale (keeps the logits, hence the losses, finite).
         norm: MONAI norm used in the residual blocks (instance norm: independent of the batch size).
+        image_skip_channels: width of the image skip (module docstring); ``0`` (default) turns it off, as in
+            the paper. When on, :meth:`pixel_features` needs the image.
+        image_channels: channels of the image the skip reads (1 for grey X-rays, 3 for RGB).
 
     Raises:
-        ValueError: when a size argument is not positive.
+        ValueError: when a size argument is not positive (``image_skip_channels``: negative).
     """
 
     def __init__(
@@ -88,13 +99,22 @@ class GroundingDecoder(nn.Module):
         init_logit_bias: float = 0.0,
         max_logit_scale: float = 100.0,
         norm: str | tuple = ("instance", {"affine": True}),
+        image_skip_channels: int = 0,
+        image_channels: int = 1,
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("embed_dim", embed_dim), ("hidden_channels", hidden_channels)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("embed_dim", embed_dim),
+            ("hidden_channels", hidden_channels),
+            ("image_channels", image_channels),
+        ):
             if int(value) < 1:
                 raise ValueError(f"GroundingDecoder: {name} must be positive, got {value}")
         if int(num_upsamples) < 0:
             raise ValueError(f"GroundingDecoder: num_upsamples must be >= 0, got {num_upsamples}")
+        if int(image_skip_channels) < 0:
+            raise ValueError(f"GroundingDecoder: image_skip_channels must be >= 0, got {image_skip_channels}")
         if not 0 < init_logit_scale <= max_logit_scale:
             raise ValueError(
                 f"GroundingDecoder: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}"
@@ -107,32 +127,55 @@ class GroundingDecoder(nn.Module):
         self.blocks = nn.Sequential(
             *[UpResidualBlock(hidden_channels, hidden_channels, norm=norm) for _ in range(self.num_upsamples)]
         )
+        self.image_skip_channels = int(image_skip_channels)
+        self.image_channels = int(image_channels)
+        self.image_skip: nn.Module | None = None
+        self.fuse: nn.Module | None = None
+        if self.image_skip_channels > 0:
+            k = self.image_skip_channels
+            self.image_skip = nn.Sequential(
+                Convolution(2, self.image_channels, k, kernel_size=3, norm=norm, act="relu"),
+                Convolution(2, k, k, kernel_size=3, norm=norm, act="relu"),
+            )
+            self.fuse = Convolution(2, hidden_channels + k, hidden_channels, kernel_size=3, norm=norm, act="relu")
         self.output_proj = nn.Conv2d(hidden_channels, self.embed_dim, kernel_size=1)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
 
     @property
     def upsample_factor(self) -> int:
-        """Ratio of the pixel-feature grid to the patch grid (``2 ** num_upsamples``)."""
+        """Ratio of the pixel-feature grid to the patch grid (``2 ** num_upsamples``) without the image skip;
+        with it the features are at the image's resolution."""
         return 2**self.num_upsamples
+
+    @property
+    def uses_image(self) -> bool:
+        """Whether :meth:`pixel_features` reads the image (``image_skip_channels > 0``)."""
+        return self.image_skip is not None
 
     @property
     def logit_scale(self) -> torch.Tensor:
         """The positive scale applied to the cosine similarities, clamped to ``max_logit_scale``."""
         return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
 
-    def pixel_features(self, patches: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    def pixel_features(
+        self, patches: torch.Tensor, grid: Sequence[int], image: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-pixel features ``v_f``.
 
         Args:
             patches: patch tokens ``(B, h*w, H_v)`` in row-major grid order.
             grid: ``(h, w)``.
+            image: ``(B, image_channels, H, W)``, the image the tokens were computed from; needed (and only
+                read) when the image skip is on.
 
         Returns:
-            L2-normalised (over channels) features ``(B, D, h * 2**num_upsamples, w * 2**num_upsamples)``.
+            L2-normalised (over channels) features ``(B, D, h * 2**num_upsamples, w * 2**num_upsamples)``,
+            or ``(B, D, H, W)`` with the image skip.
 
         Raises:
-            ValueError: when the token count or width does not match ``grid`` / ``in_channels``.
+            ValueError: when the token count or width does not match ``grid`` / ``in_channels``, or when the
+                image skip is on and ``image`` is missing or has the wrong batch size or channel count.
         """
         if patches.ndim != 3:
             raise ValueError(f"GroundingDecoder: patches must be (B, h*w, H_v), got shape {tuple(patches.shape)}")
@@ -145,6 +188,16 @@ class GroundingDecoder(nn.Module):
             )
         x = patches.transpose(1, 2).reshape(b, c, h, w)
         x = self.blocks(self.input_proj(x))
+        if self.image_skip is not None and self.fuse is not None:
+            if image is None:
+                raise ValueError("GroundingDecoder: image_skip_channels > 0, so pixel_features needs the image")
+            if image.ndim != 4 or image.shape[0] != b or image.shape[1] != self.image_channels:
+                raise ValueError(
+                    f"GroundingDecoder: image must be (B={b}, image_channels={self.image_channels}, H, W), "
+                    f"got shape {tuple(image.shape)}"
+                )
+            x = F.interpolate(x, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
+            x = self.fuse(torch.cat([x, self.image_skip(image.to(x.dtype))], dim=1))
         return F.normalize(self.output_proj(x), dim=1)
 
     def text_logits(
@@ -185,6 +238,7 @@ class GroundingDecoder(nn.Module):
         grid: Sequence[int],
         text_embed: torch.Tensor | None = None,
         out_size: Sequence[int] | None = None,
+        image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run f_g.
 
@@ -194,11 +248,12 @@ class GroundingDecoder(nn.Module):
             text_embed: text embeddings ``(B, D)``; when ``None`` the per-pixel features are returned
                 (architecture.md: ``GroundingDecoder(patches, grid) -> pixel features``).
             out_size: ``(H, W)`` of the returned logits; ``None`` keeps the feature resolution.
+            image: the image, for the image skip (see :meth:`pixel_features`).
 
         Returns:
             text-guided mask logits ``(B, 1, H, W)``, or pixel features ``(B, D, 4h, 4w)`` without ``text_embed``.
         """
-        features = self.pixel_features(patches, grid)
+        features = self.pixel_features(patches, grid, image)
         if text_embed is None:
             return features
         return self.text_logits(features, text_embed, out_size)

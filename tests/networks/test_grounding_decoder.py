@@ -67,3 +67,35 @@ def test_shape_errors():
         dec.text_logits(feats, torch.randn(1, 5))
     with pytest.raises(ValueError):
         GroundingDecoder(in_channels=0, embed_dim=8)
+
+
+def test_image_skip_gives_features_at_image_resolution_that_depend_on_the_image():
+    dec = _decoder(image_skip_channels=4)
+    assert dec.uses_image and not _decoder().uses_image
+    patches = torch.randn(2, 16, 12)
+    image = torch.rand(2, 1, 36, 20)
+    feats = dec.pixel_features(patches, (4, 4), image)
+    assert feats.shape == (2, 8, 36, 20)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(2, 36, 20))
+    # the image itself (not only the tokens computed from it) changes the features: it can place borders
+    image2 = image.clone()
+    image2[:, :, 10:14, 5:9] += 1.0
+    assert not torch.allclose(dec.pixel_features(patches, (4, 4), image2), feats)
+    logits = dec(patches, (4, 4), torch.randn(2, 8), out_size=(36, 20), image=image)
+    assert logits.shape == (2, 1, 36, 20)
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in dec.parameters())
+
+
+def test_image_skip_errors():
+    dec = _decoder(image_skip_channels=4, image_channels=3)
+    patches = torch.randn(2, 16, 12)
+    with pytest.raises(ValueError, match="needs the image"):
+        dec.pixel_features(patches, (4, 4))
+    with pytest.raises(ValueError, match="image_channels=3"):
+        dec.pixel_features(patches, (4, 4), torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="image_skip_channels"):
+        _decoder(image_skip_channels=-1)
+    # without the skip the image is ignored: the paper's f_g
+    plain = _decoder()
+    torch.testing.assert_close(plain.pixel_features(patches, (4, 4), torch.rand(2, 1, 16, 16)), plain.pixel_features(patches, (4, 4)))
