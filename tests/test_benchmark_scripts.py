@@ -89,3 +89,46 @@ def test_monuseg_sweep_report_only_collects_finished_runs_and_runs_nothing(tmp_p
     rows = (work / "results.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("0.25,0,supervised,0.61")
     assert "61.00" in (work / "results.md").read_text()
+
+
+def test_grounding_probe_trains_f_g_alone_and_scores_right_and_rotated_sentences(tmp_path, capsys):
+    """grounding_probe.py end to end on tiny generated data and a random stage-1 model (a few seconds)."""
+    import json
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    probe = _load("grounding_probe")
+    assert probe.parse_overrides(["a=1", "b=[2,3]", "c=x"]) == {"a": 1, "b": [2, 3], "c": "x"}
+    with pytest.raises(probe.ConfigError, match="KEY=VALUE"):
+        probe.parse_overrides(["no_equals_sign"])
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, :2, :2] = 1
+    logits = torch.full((2, 1, 4, 4), -1.0)
+    logits[0, 0, :2, :] = 1.0  # image 0: 4 of 8 marked pixels right -> 2*4/(8+4); image 1: both empty -> 100
+    assert probe.dice(logits, target) == pytest.approx(100 * (8 / 12 + 1) / 2)
+
+    data = generate_demo_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=0, image_size=32, seed=0)
+    tiny = {"image_size": 32, "num_workers": 0, "vit_patch_size": 8, "vit_hidden_size": 32, "vit_mlp_dim": 64,
+            "vit_num_layers": 1, "vit_num_heads": 2, "embed_dim": 16, "text_max_length": 16, "decoder_channels": 8,
+            "unet_channels": [4, 8], "unet_strides": [2], "dataset_dir": str(data), "labeled_ratio": 0.5,
+            "decoder_image_skip_channels": 4}
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "dussss_qata_cov19" / "configs" / "train.json"))
+    for k, v in tiny.items():
+        parser[k] = v
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("vlm_def").state_dict(), tmp_path / "vlm.pt")
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in tiny.items()]
+    rc = probe.main(["--vlm_checkpoint", str(tmp_path / "vlm.pt"), "--teacher", str(tmp_path / "model.pt"),
+                     "--steps", "3", "--batch_size", "2", *sets])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"text_mask_dice", "text_mask_dice_rotated", "text_mask_foreground", "truth_foreground",
+                           "text_logit_max", "teacher_dice", "merged_dice", "merged_dice_rotated"}
+    assert all(0 <= result[k] <= 100 for k in result if k != "text_logit_max")
+    assert 0 < result["truth_foreground"] < 20  # the generated lesions: a few per cent of the image
+
+    assert probe.main(["--vlm_checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "no stage-1 checkpoint" in capsys.readouterr().err
