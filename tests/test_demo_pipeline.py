@@ -24,6 +24,8 @@ def test_report_lists_every_method_and_seed_with_the_mean_over_seeds():
     assert "| Supervised only | 70.97 | 66.97 | 68.97 ± 2.83 | 54.43 | 40 |" in text
     # ranked by the mean over seeds, not by seed 0 (where supervised is ahead)
     assert "Order of the means: DuSSS (69.86) > Supervised only (68.97)." in text
+    # paired by seed: ahead on average, but only at one of the two seeds
+    assert "- DuSSS - Supervised only: +0.89 points on average, ahead at 1 of 2 seeds." in text
     assert "data and stage-1 seed 3" in text and "2.8 min" in text and "docs/benchmarks.md" in text
 
 
