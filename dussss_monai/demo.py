@@ -63,7 +63,7 @@ TRAIN_OVERRIDES: dict[str, object] = {
     # 240 steps in all: a teacher averaging ~100 steps (0.99) lags the student too far behind
     # (docs/benchmarks.md: mean teacher 60.5 -> 71.2 validation Dice at seed 0)
     "ema_decay": 0.9,
-    # f_g reads the image as well as the 8 x 8 patch tokens (its mask Dice 0.22 -> 0.67 when trained alone), so
+    # f_g reads the image as well as the 8 x 8 patch tokens (its mask Dice 21 -> 65 when trained alone), so
     # its logits may be confident: DuSSS 70.11 -> 72.33 over seeds 0-2 (docs/benchmarks.md, "A grounding
     # decoder that sees the image")
     "decoder_image_skip_channels": 16,

@@ -251,7 +251,8 @@ class GroundingDecoder(nn.Module):
             image: the image, for the image skip (see :meth:`pixel_features`).
 
         Returns:
-            text-guided mask logits ``(B, 1, H, W)``, or pixel features ``(B, D, 4h, 4w)`` without ``text_embed``.
+            text-guided mask logits ``(B, 1, H, W)``, or without ``text_embed`` the pixel features ``(B, D, 4h, 4w)``
+            (``(B, D, H, W)`` of the image with the image skip).
         """
         features = self.pixel_features(patches, grid, image)
         if text_embed is None:
