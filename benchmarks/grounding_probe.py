@@ -38,8 +38,11 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from rotated_text_control import rotate  # noqa: E402  (each image gets its neighbour's sentence)
 
 from dussss_monai.errors import ConfigError  # noqa: E402
 
@@ -63,19 +66,12 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def dice(logits: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean per-image Dice (%) of ``logits > 0`` against a binary ``target``, both ``(B, 1, H, W)``.
+    """Mean per-image Dice (%) of ``logits > 0`` against a binary ``target``, both ``(B, 1, H, W)``
+    (MONAI's ``compute_dice``; an image with an empty prediction and an empty target scores 100)."""
+    from monai.metrics import compute_dice
 
-    An image with an empty prediction and an empty target scores 100."""
-    pred = (logits > 0).float()
-    inter = (pred * target).sum((1, 2, 3))
-    total = pred.sum((1, 2, 3)) + target.sum((1, 2, 3))
-    per_image = torch.where(total > 0, 2 * inter / total.clamp(min=1e-6), torch.ones_like(total))
+    per_image = compute_dice((logits > 0).float(), target, include_background=True, ignore_empty=False)
     return 100.0 * float(per_image.mean())
-
-
-def rotate(texts: list[str]) -> list[str]:
-    """Each image gets its neighbour's sentence."""
-    return texts[1:] + texts[:1]
 
 
 def _stack(dataset: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -173,7 +173,9 @@ class VLMPseudoLabelRefiner(nn.Module):
         image = images if getattr(self.grounding_decoder, "uses_image", False) else None
         features = self.grounding_decoder.pixel_features(patches, grid, image)
         feature_logits = self.grounding_decoder.text_logits(features, text_embed, out_size=None)
-        text_logits = F.interpolate(feature_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        text_logits = feature_logits  # already at the image size when f_g reads the image
+        if tuple(feature_logits.shape[-2:]) != tuple(images.shape[-2:]):
+            text_logits = F.interpolate(feature_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return GroundingResult(features, feature_logits, text_logits, text_embed)
 
     @staticmethod
