@@ -1,6 +1,6 @@
 # Two commands set everything up (both idempotent):
 #   make demo   create .venv, install, generate demo data, run stage 1 + stage 2, evaluate, report
-#   make test   create .venv, install, run the whole test suite
+#   make test   create .venv, install, lint (ruff) and type-check (mypy), run the whole test suite
 # Use another torch build (e.g. CUDA) with:  make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,14 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m dussss_monai.demo --workdir runs/demo
+	$(PY) scripts/demo.py --workdir runs/demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q tests
 
 clean:

@@ -18,7 +18,7 @@
 # EPOCHS (25; the bundle's is 100), SWEEP_TIMEOUT (330 s: runs still going then are stopped and the finished ones reported),
 # DEVICE (cuda), STEP_ARGS (extra arguments of stage2_step_time.py), SWEEP_EXTRA (extra --extra items),
 # SKIP_INSTALL=1 (use the installed packages), STEP_TIME=0 (skip part 1), SWEEP=0 (part 1 only).
-# Measured on one H200 (docs/gpu_runs/2026-11-27_h200_session5.log): parts 2 and 3 took 209 s with these defaults
+# Measured on one H200 (docs/notebook/gpu_runs/2026-11-27_h200_session5.log): parts 2 and 3 took 209 s with these defaults
 # (9 runs side by side, 19.5 GiB of GPU memory at most); part 1 takes about 2-3 minutes (5 processes start).
 # Stage 1 runs with the text augmentation replaced by the identity: the cached text features only know the
 # dataset's own sentences (the text encoder is frozen, so this changes nothing in the cost of a step).
@@ -56,7 +56,7 @@ STEP=(python3 benchmarks/stage2_step_time.py --device "$DEVICE" --size 224 --bat
     --unet-channels 32 64 128 256 512 --vit-hidden 768 --vit-layers 12 --vit-heads 12 --embed-dim 512
     --decoder-channels 128 ${STEP_ARGS:-})
 timeout 300 "${STEP[@]}" --profile "$OUT_DIR/profile_b16" 2>&1 | tee "$OUT_DIR/step_time.txt"
-# cuBLASLt's addmm spends about 200 us of CPU per call in the ViT (docs/benchmarks.md): DuSSS alone without it
+# cuBLASLt's addmm spends about 200 us of CPU per call in the ViT (docs/notebook/2026-11-27_benchmarks.md): DuSSS alone without it
 DISABLE_ADDMM_CUDA_LT=1 timeout 100 "${STEP[@]}" --method dussss 2>&1 | tail -1 \
     | sed 's/^/DISABLE_ADDMM_CUDA_LT=1: /' | tee -a "$OUT_DIR/step_time.txt"
 echo "(step time: $(( $(date +%s) - T0 )) s)"

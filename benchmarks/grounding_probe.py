@@ -17,7 +17,7 @@ Not a test: it trains for a few hundred steps (about 25 s on 2 CPU cores at the 
 
 Usage (from the repository root; every ``--set key=value`` is a bundle override, JSON-parsed where it can be)::
 
-    # the demo's VLM and settings (python -m dussss_monai.demo --workdir runs/demo first)
+    # the demo's VLM and settings (python scripts/demo.py --workdir runs/demo first)
     python benchmarks/grounding_probe.py --demo --vlm_checkpoint runs/demo/models/vlm.pt \\
         --teacher runs/demo/supervised/seed0/models/model.pt
     # the same with the paper's f_g (no image skip, text logit scale at most 2)
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
-    from dussss_monai.demo import DEMO_OVERRIDES, TRAIN_OVERRIDES
+    sys.path.insert(0, str(REPO / "scripts"))
+    from demo import DEMO_OVERRIDES, TRAIN_OVERRIDES
 
     overrides: dict[str, Any] = {}
     if args.demo:
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config_file", default=str(REPO / "bundles" / "dussss_qata_cov19" / "configs" / "train.json"))
     p.add_argument("--vlm_checkpoint", required=True, help="stage-1 vlm.pt")
     p.add_argument("--teacher", default="", help="optional stage-2 student (model.pt) to merge with")
-    p.add_argument("--demo", action="store_true", help="apply the demo's overrides (dussss_monai/demo.py)")
+    p.add_argument("--demo", action="store_true", help="apply the demo's overrides (scripts/demo.py)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override (repeatable)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch_size", type=int, default=16)

@@ -18,7 +18,7 @@ Usage::
     python benchmarks/inference_throughput.py --dataset_dir ../shared/data/monuseg --bundle bundles/dussss_monuseg
     python benchmarks/inference_throughput.py --device cuda --batch 32   # on a GPU
 
-Measured: see docs/benchmarks.md ("Inference and data loading").
+Measured: see docs/notebook/2026-11-27_benchmarks.md ("Inference and data loading").
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, Dataset
 
 from dussss_monai.data import eval_transforms, prepare_datalist
 from dussss_monai.errors import DuSSSError
@@ -79,8 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     load_s = _per_item_seconds(Dataset(items, transform))
     cached = CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False)
     cached_s = _per_item_seconds(cached, repeats=5)
-    print(json.dumps({"measure": "loading", "images": len(items), "s_per_image_disk": round(load_s, 4),
-                      "s_per_image_cached": round(cached_s, 6)}))
+    print(
+        json.dumps(
+            {
+                "measure": "loading",
+                "images": len(items),
+                "s_per_image_disk": round(load_s, 4),
+                "s_per_image_cached": round(cached_s, 6),
+            }
+        )
+    )
 
     device = torch.device(args.device)
     x = torch.rand(args.batch, channels, args.size, args.size, device=device)
@@ -103,11 +111,29 @@ def main(argv: list[str] | None = None) -> int:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     per_image = seconds / (args.iters * args.batch)
-    print(json.dumps({"measure": "network", "device": args.device, "size": args.size, "batch": args.batch,
-                      "images_per_s": round(1 / per_image, 2), "s_per_image": round(per_image, 4),
-                      "peak_mib": round(peak), "threads": args.threads}))
-    print(json.dumps({"measure": "verdict", "cached_loading_share": round(cached_s / (cached_s + per_image), 4),
-                      "disk_loading_share": round(load_s / (load_s + per_image), 4)}))
+    print(
+        json.dumps(
+            {
+                "measure": "network",
+                "device": args.device,
+                "size": args.size,
+                "batch": args.batch,
+                "images_per_s": round(1 / per_image, 2),
+                "s_per_image": round(per_image, 4),
+                "peak_mib": round(peak),
+                "threads": args.threads,
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "measure": "verdict",
+                "cached_loading_share": round(cached_s / (cached_s + per_image), 4),
+                "disk_loading_share": round(load_s / (load_s + per_image), 4),
+            }
+        )
+    )
     return 0
 
 

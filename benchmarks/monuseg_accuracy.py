@@ -25,7 +25,7 @@ with ``--labeled_ratio 1.0``; run once per seed, shown in every ratio's table).
 
 Budgets (``--budget``):
 
-- ``cpu`` (default): 128 px and otherwise the settings of ``make demo`` (``dussss_monai.demo``): the small
+- ``cpu`` (default): 128 px and otherwise the settings of ``make demo`` (``scripts/demo.py``): the small
   convolutional image encoder (conv 16-32-64, 64-d embeddings, f_g 32 channels), U-Net 16-128, its
   learning rates and teacher EMA 0.9; ``num_workers 0``; 30 stage-1 and 30 stage-2 epochs.
   Measured on the project's 2-core CPU while another job used it (2-epoch runs; the times varied 2-3x with
@@ -71,7 +71,7 @@ Usage (from the repository root)::
     python benchmarks/monuseg_accuracy.py --workdir runs/benchmarks/monuseg --report_only
     # the paper's setting on a GPU
     python benchmarks/monuseg_accuracy.py --budget gpu --workdir runs/benchmarks/monuseg_gpu
-    # native-resolution 256-pixel patches, U-Net 32-512, scored at 224 (docs/benchmarks.md; ~4 h on 2 cores)
+    # native-resolution 256-pixel patches, U-Net 32-512, scored at 224 (docs/notebook/2026-11-27_benchmarks.md; ~4 h on 2 cores)
     python benchmarks/monuseg_accuracy.py --workdir runs/benchmarks/monuseg_cpu_patch --ratios 0.25 \
         --methods supervised,mean_teacher,dussss,supervised_full --epochs 60 --extra patch_size=256 \
         --extra score_size=224 --extra train:val_interval=2 --extra unet_channels=[32,64,128,256,512] \
@@ -103,9 +103,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: import the project from this checkout
     sys.path.insert(0, str(REPO))
 
-from dussss_monai.demo import DEMO_OVERRIDES, bundle_command, run_bundle  # noqa: E402
-from dussss_monai.demo import PRETRAIN_OVERRIDES as DEMO_PRETRAIN_OVERRIDES  # noqa: E402
-from dussss_monai.demo import TRAIN_OVERRIDES as DEMO_TRAIN_OVERRIDES  # noqa: E402
+sys.path.insert(0, str(REPO / "scripts"))
+from bundle_runner import bundle_command, run_bundle  # noqa: E402
+from demo import DEMO_OVERRIDES  # noqa: E402
+from demo import PRETRAIN_OVERRIDES as DEMO_PRETRAIN_OVERRIDES  # noqa: E402
+from demo import TRAIN_OVERRIDES as DEMO_TRAIN_OVERRIDES  # noqa: E402
+
 from dussss_monai.errors import ConfigError, DuSSSError  # noqa: E402
 from dussss_monai.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -152,7 +155,9 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("dussss", "DuSSS", "dussss", stage1="full"),
         MethodSpec("dussss_no_sss", "DuSSS w/o SSS", "dussss", stage1="no_sss"),
         MethodSpec("dussss_no_dcl", "DuSSS w/o DCL (no intra-modal)", "dussss", stage1="no_dcl"),
-        MethodSpec("dussss_no_tg", "DuSSS w/o L_tg", "dussss", stage1="full", overrides={"use_text_guided_loss": False}),
+        MethodSpec(
+            "dussss_no_tg", "DuSSS w/o L_tg", "dussss", stage1="full", overrides={"use_text_guided_loss": False}
+        ),
         MethodSpec("supervised_full", "U-Net, 100 % labels", "supervised", fixed_ratio=FULL_RATIO),
     )
 }
@@ -181,7 +186,10 @@ class Budget:
 #: keeps the bundle's batch of 4 (6 labeled tiles at 25 %).
 BUDGETS: dict[str, Budget] = {
     "cpu": Budget(
-        common={**{k: v for k, v in DEMO_OVERRIDES.items() if k not in ("image_size", "batch_size")}, "image_size": 128},
+        common={
+            **{k: v for k, v in DEMO_OVERRIDES.items() if k not in ("image_size", "batch_size")},
+            "image_size": 128,
+        },
         pretrain=dict(DEMO_PRETRAIN_OVERRIDES),
         train=dict(DEMO_TRAIN_OVERRIDES),
         evaluate={"num_workers": 0},
@@ -190,9 +198,6 @@ BUDGETS: dict[str, Budget] = {
     ),
     "gpu": Budget(common={}, pretrain={}, train={}, evaluate={}, pretrain_epochs=None, epochs=None),
 }
-
-#: Overrides of stage 2 that evaluate.json must receive too (the student network and the input size).
-SHARED_WITH_EVALUATE = ("image_size", "in_channels", "unet_channels", "unet_strides")
 
 _VAL_DICE_LINE = re.compile(r"Epoch\[(\d+)\] Metrics -- .*?\bval_mean_dice: ([-+0-9.eE]+|nan)")
 _RECALL_LINE = re.compile(r"Metrics -- .*?\brecall_at_1: ([-+0-9.eE]+|nan)")
@@ -259,8 +264,8 @@ def parse_extras(items: Sequence[str], config_keys: Mapping[str, set[str]]) -> d
     return out
 
 
-def format_command(config: Path, run_id: str, overrides: Mapping[str, Any]) -> str:
-    """The shell command that :func:`dussss_monai.demo.run_bundle` runs, quoted so that it can be pasted.
+def format_command(config: Path | list[Path], run_id: str, overrides: Mapping[str, Any]) -> str:
+    """The shell command that ``scripts/bundle_runner.run_bundle`` runs, quoted so that it can be pasted.
 
     Args:
         config: the bundle config file.
@@ -345,6 +350,7 @@ def config_keys(bundle: Path) -> dict[str, set[str]]:
         if not isinstance(content, dict):
             raise DuSSSError(f"bundle config {path} is missing or not a JSON object")
         out[stage] = set(content)
+    out["evaluate"] |= out["train"]  # evaluate.json is layered on train.json
     return out
 
 
@@ -408,13 +414,16 @@ class Sweep:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.bundle = Path(args.bundle).resolve()
-        self.configs = {s: self.bundle / "configs" / CONFIG_FILES[s] for s in STAGES}
+        self.configs: dict[str, Any] = {s: self.bundle / "configs" / CONFIG_FILES[s] for s in STAGES}
+        self.configs["evaluate"] = [self.configs["train"], self.configs["evaluate"]]  # layered on train.json
         self.work = Path(args.workdir).resolve()
         self.data = Path(args.dataset_dir).resolve()
         self.budget = BUDGETS[args.budget]
         keys = config_keys(self.bundle)
         self.extras = parse_extras(args.extra or [], keys)
-        self.pretrain_epochs = args.pretrain_epochs or self.budget.pretrain_epochs or bundle_default(self.bundle, "pretrain", "max_epochs")
+        self.pretrain_epochs = (
+            args.pretrain_epochs or self.budget.pretrain_epochs or bundle_default(self.bundle, "pretrain", "max_epochs")
+        )
         self.epochs = args.epochs or self.budget.epochs or bundle_default(self.bundle, "train", "max_epochs")
         self.env = dict(os.environ)
         self.env.setdefault("HF_HUB_OFFLINE", "1")
@@ -476,7 +485,7 @@ class Sweep:
     def evaluate_overrides(self, spec: MethodSpec, ratio: float, seed: int, train: Mapping[str, Any]) -> dict[str, Any]:
         """Overrides of the evaluation command of one run (same student network and size as stage 2)."""
         folder = self.run_dir(ratio, seed, spec.name)
-        out = {k: train[k] for k in SHARED_WITH_EVALUATE if k in train}
+        out = dict(train)  # evaluate.json is layered on train.json: the same settings
         out.update(
             {
                 "dataset_dir": str(self.data),
@@ -575,9 +584,13 @@ class Sweep:
                 print(f"{label} stage 2 done before, evaluating only", flush=True)
             else:
                 atomic_write_json(folder / "overrides.json", {"train": train, "evaluate": evaluate})
-                train_seconds = run_bundle(self.configs["train"], RUN_IDS["train"], train, folder / "train.log", self.env)
+                train_seconds = run_bundle(
+                    self.configs["train"], RUN_IDS["train"], train, folder / "train.log", self.env
+                )
                 atomic_write_json(trained, {"seconds": train_seconds})
-            eval_seconds = run_bundle(self.configs["evaluate"], RUN_IDS["evaluate"], evaluate, folder / "evaluate.log", self.env)
+            eval_seconds = run_bundle(
+                self.configs["evaluate"], RUN_IDS["evaluate"], evaluate, folder / "evaluate.log", self.env
+            )
         except DuSSSError as e:
             self.failures.append(f"{label}: {str(e).splitlines()[0]}")
             print(f"FAILED: {e}", file=sys.stderr, flush=True)
@@ -669,7 +682,15 @@ def results_csv(results: Sequence[RunResult]) -> str:
     writer.writerow(["ratio", "seed", "method", "dice", "iou", "n", "seconds"])
     for r in sorted(results, key=lambda r: (r.ratio, list(METHODS).index(r.method), r.seed)):
         writer.writerow(
-            [ratio_tag(r.ratio), r.seed, r.method, f"{r.dice:.6f}", f"{r.iou:.6f}", r.n, "" if r.seconds is None else f"{r.seconds:.1f}"]
+            [
+                ratio_tag(r.ratio),
+                r.seed,
+                r.method,
+                f"{r.dice:.6f}",
+                f"{r.iou:.6f}",
+                r.n,
+                "" if r.seconds is None else f"{r.seconds:.1f}",
+            ]
         )
     return buf.getvalue()
 
@@ -702,7 +723,9 @@ def results_markdown(sweep: Sweep, command: str) -> str:
         the markdown text.
     """
     args = sweep.args
-    image_size = sweep.extras["train"].get("image_size", sweep.budget.common.get("image_size", bundle_default(sweep.bundle, "train", "image_size")))
+    image_size = sweep.extras["train"].get(
+        "image_size", sweep.budget.common.get("image_size", bundle_default(sweep.bundle, "train", "image_size"))
+    )
     lines = [
         "# MoNuSeg accuracy sweep",
         "",
@@ -723,7 +746,11 @@ def results_markdown(sweep: Sweep, command: str) -> str:
             "|---|---|---|---|---|---|",
         ]
         for name in args.method_list:
-            rows = full_rows if name == "supervised_full" else [r for r in sweep.results if r.method == name and r.ratio == ratio]
+            rows = (
+                full_rows
+                if name == "supervised_full"
+                else [r for r in sweep.results if r.method == name and r.ratio == ratio]
+            )
             paper = PAPER_DICE.get(ratio, {}).get(name)
             n_images = sorted({r.n for r in rows})
             lines.append(
@@ -785,8 +812,14 @@ def plot_learning_curves(sweep: Sweep, ratio: float, path: Path) -> Path | None:
         if not curve:
             continue
         epochs, dice = zip(*curve)
-        ax.plot(epochs, [100 * d for d in dice], marker="o" if len(curve) < 15 else None, markersize=3,
-                linestyle="--" if spec.fixed_ratio is not None else "-", label=spec.title)
+        ax.plot(
+            epochs,
+            [100 * d for d in dice],
+            marker="o" if len(curve) < 15 else None,
+            markersize=3,
+            linestyle="--" if spec.fixed_ratio is not None else "-",
+            label=spec.title,
+        )
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -860,7 +893,7 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
     import matplotlib.pyplot as plt
     import torch
 
-    from dussss_monai.bundle_support import latest_checkpoint, load_frozen_vlm, load_state_dict_into, make_inferer
+    from dussss_monai.bundle import latest_checkpoint, load_stage1_model, load_state_dict_into, make_inferer
     from dussss_monai.data import eval_transforms, read_lvit_dataset
     from dussss_monai.utils.io import atomic_write_bytes
 
@@ -892,7 +925,7 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
         if ckpt is None:
             note += "; no stage-2 training checkpoint, text mask left out"
         else:
-            load_frozen_vlm(vlm, train["vlm_checkpoint"], str(sweep.configs["pretrain"]))
+            load_stage1_model(vlm, train["vlm_checkpoint"], str(sweep.configs["pretrain"]))
             load_state_dict_into(decoder, ckpt, key="grounding_decoder")
             refiner = refiner_cls(vlm=vlm, grounding_decoder=decoder, vlm_image_size=(image_size, image_size)).eval()
             note += f" + text mask (f_g from {Path(ckpt).name})"
@@ -924,7 +957,9 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
             prob = torch.sigmoid(inferer(native, unet))
             text_prob = None
             if refiner is not None:
-                text_prob = on_score_grid(torch.sigmoid(refiner.text_logits(native, [item["text"]])), "bilinear")[0, 0].numpy()
+                text_prob = on_score_grid(torch.sigmoid(refiner.text_logits(native, [item["text"]])), "bilinear")[
+                    0, 0
+                ].numpy()
         # the evaluation's convention: foreground = probability >= 0.5, then resized like the ground truth
         pred = on_score_grid((prob >= 0.5).float(), "nearest-exact")[0, 0].numpy() > 0.5
         inter = float((pred & label).sum())
@@ -933,7 +968,11 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
         shown = (shown - shown.min()) / max(float(shown.max() - shown.min()), 1e-8)
         if shown.shape[-1] == 1:
             shown = shown[..., 0]
-        panels = [(shown, "image", None), (label, "ground truth", "gray"), (pred, f"prediction (Dice {100 * dice:.1f})", "gray")]
+        panels = [
+            (shown, "image", None),
+            (label, "ground truth", "gray"),
+            (pred, f"prediction (Dice {100 * dice:.1f})", "gray"),
+        ]
         if text_prob is not None:
             panels.append((text_prob, "text mask sigmoid(f_g)", "magma"))
         axes = row.subplots(1, cols)
@@ -943,7 +982,7 @@ def plot_overlays(sweep: Sweep, ratio: float, path: Path, n_images: int = 4) -> 
             ax.axis("off")
         if text_prob is not None:
             row.colorbar(shown_im, ax=axes[-1], fraction=0.046, pad=0.02)
-        row.suptitle(f"{item.get('name', '')}: \"{item['text']}\"", fontsize=9)
+        row.suptitle(f'{item.get("name", "")}: "{item["text"]}"', fontsize=9)
     fig.suptitle(f"MoNuSeg validation, {100 * ratio:g} % labeled, seed {seed}: {note}", fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -981,8 +1020,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra", action="append", metavar="[STAGE:]KEY=VALUE", help="further bundle override (repeatable)")
     p.add_argument("--overlay_images", type=int, default=4, help="validation tiles in overlays_ratio<r>.png")
     p.add_argument("--dry_run", action="store_true", help="print the commands only")
-    p.add_argument("--report_only", action="store_true",
-                   help="run nothing: write results.md / results.csv and the figures from the runs already finished")
+    p.add_argument(
+        "--report_only",
+        action="store_true",
+        help="run nothing: write results.md / results.csv and the figures from the runs already finished",
+    )
     return p
 
 

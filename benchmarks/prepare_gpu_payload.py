@@ -77,10 +77,24 @@ def main() -> int:
     if not args.skip_wheels:
         (out / "wheels").mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-            "--python-version", "3.12", "--implementation", "cp",
-            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
-            "-d", str(out / "wheels"), *WHEELS,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux2014_x86_64",
+            "-d",
+            str(out / "wheels"),
+            *WHEELS,
         ]
         subprocess.run(cmd, check=True)
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -11,7 +11,7 @@ Usage (any bundle command line after the script's name)::
     python benchmarks/rotated_text_control.py run training \\
         --config_file bundles/dussss_qata_cov19/configs/train.json --method dussss ...
 
-Results of this control: ``docs/benchmarks.md`` ("Does the sentence matter?").
+Results of this control: ``docs/notebook/2026-11-27_benchmarks.md`` ("Does the sentence matter?").
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from __future__ import annotations
 import runpy
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from dussss_monai.engines.semi_supervised_trainer import SemiSupervisedTrainer
+from dussss_monai.bundle import factories
+from dussss_monai.engines import DuSSSTrainer, UnlabeledBatch
 
 
 def rotate(texts: list[str] | None) -> list[str] | None:
@@ -29,22 +29,24 @@ def rotate(texts: list[str] | None) -> list[str] | None:
     return texts[1:] + texts[:1] if texts else texts
 
 
+class RotatedTextDuSSSTrainer(DuSSSTrainer):
+    """DuSSS that grounds every unlabeled image with the sentence of the next image of its batch."""
+
+    def unlabeled_texts(self, unlabeled: UnlabeledBatch) -> list[str]:
+        return rotate(super().unlabeled_texts(unlabeled)) or []
+
+
 def install() -> Callable[[], None]:
-    """Make :class:`SemiSupervisedTrainer` rotate the sentences of every unlabeled batch.
+    """Make the bundles' ``--method dussss`` train :class:`RotatedTextDuSSSTrainer`.
 
     Returns:
         a function that undoes the change.
     """
-    original = SemiSupervisedTrainer._unlabeled_inputs
-
-    def rotated_inputs(self: SemiSupervisedTrainer, batch: Any) -> tuple[Any, list[str] | None]:
-        images, texts = original(self, batch)
-        return images, rotate(texts)
-
-    SemiSupervisedTrainer._unlabeled_inputs = rotated_inputs  # type: ignore[method-assign]
+    original = factories.TRAINERS["dussss"]
+    factories.TRAINERS["dussss"] = RotatedTextDuSSSTrainer
 
     def uninstall() -> None:
-        SemiSupervisedTrainer._unlabeled_inputs = original  # type: ignore[method-assign]
+        factories.TRAINERS["dussss"] = original
 
     return uninstall
 

@@ -47,7 +47,9 @@ def sentences(n: int) -> list[str]:
     for i in range(n):
         z1, z2 = zones[i % 3], zones[(i // 3) % 3]
         k = 1 + i % 3
-        out.append(f"Bilateral pulmonary infection, {['one', 'two', 'three'][k - 1]} infected areas, {z1} left lung and {z2} right lung.")
+        out.append(
+            f"Bilateral pulmonary infection, {['one', 'two', 'three'][k - 1]} infected areas, {z1} left lung and {z2} right lung."
+        )
     return out
 
 
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--distinct-texts", type=int, default=27, help="size of the sentence pool (templated reports repeat)")
+    p.add_argument(
+        "--distinct-texts", type=int, default=27, help="size of the sentence pool (templated reports repeat)"
+    )
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--text-model", default=None, help="Hugging Face id or folder (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -133,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         modes = [m for m in modes if (m[1] if args.only == "frozen" else not m[1])]
     for name, frozen in modes:
         r = run(args, frozen)
-        mem = f"peak GPU {r['peak_mem_MiB']:.0f} MiB" if "peak_mem_MiB" in r else f"peak RSS {r['peak_rss_MiB']:.0f} MiB"
+        mem = (
+            f"peak GPU {r['peak_mem_MiB']:.0f} MiB" if "peak_mem_MiB" in r else f"peak RSS {r['peak_rss_MiB']:.0f} MiB"
+        )
         print(
             f"{name:28s} {r['pairs_per_s']:8.2f} pairs/s  {r['s_per_iter']:.3f} s/iter  "
             f"trainable {r['trainable_params_M']:.1f} M / all {r['all_params_M']:.1f} M params  {mem}",

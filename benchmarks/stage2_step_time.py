@@ -28,7 +28,7 @@ Measured (one run each, data from an in-memory list, ``num_workers=0``):
   fused attention, f_g supervised on the labeled batch in the joint forward): batch 32: 0.0193 / 0.0398 / 0.0776
   s/iter = x1.00 / x2.06 / x4.01 (DuSSS / MT 1.95); batch 16 without f_g's supervision: x1.00 / x1.48 / x3.77
   (2.55). The profile (``--profile``) shows why: the GPU is busy about 26 ms of a DuSSS step of 84 ms, the rest is
-  the CPU launching about 2200 kernels (docs/benchmarks.md, "Stage 2: step time").
+  the CPU launching about 2200 kernels (docs/notebook/2026-11-27_benchmarks.md, "Stage 2: step time").
 """
 
 from __future__ import annotations
@@ -63,10 +63,11 @@ class LookupTextEncoder(nn.Module):
 
 
 def run_one(args: argparse.Namespace) -> dict:
+    from monai.engines import SupervisedTrainer
     from monai.networks.nets import UNet
     from torch.utils.data import DataLoader
 
-    from dussss_monai.engines import SemiSupervisedTrainer
+    from dussss_monai.engines import DuSSSTrainer, MeanTeacherTrainer
     from dussss_monai.losses import ProbabilityMSELoss, SegmentationLoss
     from dussss_monai.networks import DuSSSVisionLanguageModel, GroundingDecoder, ViTImageEncoder
     from dussss_monai.refiner import VLMPseudoLabelRefiner
@@ -90,29 +91,45 @@ def run_one(args: argparse.Namespace) -> dict:
     unlabeled = [{"image": torch.rand(1, args.size, args.size, generator=g), "text": texts[i % 4]} for i in range(n)]
     refiner = decoder_opt = None
     if args.method == "dussss":
-        vit = ViTImageEncoder(1, img_size=args.size, patch_size=args.patch, hidden_size=args.vit_hidden,
-                              mlp_dim=4 * args.vit_hidden, num_layers=args.vit_layers, num_heads=args.vit_heads)
+        vit = ViTImageEncoder(
+            1,
+            img_size=args.size,
+            patch_size=args.patch,
+            hidden_size=args.vit_hidden,
+            mlp_dim=4 * args.vit_hidden,
+            num_layers=args.vit_layers,
+            num_heads=args.vit_heads,
+        )
         vlm = DuSSSVisionLanguageModel(vit, LookupTextEncoder(), embed_dim=args.embed_dim)
         decoder = GroundingDecoder(args.vit_hidden, args.embed_dim, hidden_channels=args.decoder_channels)
-        refiner = VLMPseudoLabelRefiner(vlm, decoder).to(device)
+        refiner = VLMPseudoLabelRefiner(
+            vlm,
+            decoder,
+            text_guided_weight=args.text_guided_weight,
+            grounding_loss=SegmentationLoss(),
+            grounding_weight=args.grounding_supervision_weight,
+        ).to(device)
         decoder_opt = torch.optim.Adam(decoder.parameters(), lr=1e-4)
-    trainer = SemiSupervisedTrainer(
+    common = dict(
         device=device,
         max_epochs=1,
         train_data_loader=DataLoader(labeled, batch_size=args.batch),
-        unlabeled_data_loader=None if args.method == "supervised" else DataLoader(unlabeled, batch_size=args.batch),
         network=net,
         optimizer=torch.optim.Adam(net.parameters(), lr=1e-4),
         loss_function=SegmentationLoss(),
-        consistency_loss_function=ProbabilityMSELoss(),  # the bundles' default (soft pseudo labels)
-        method=args.method,
-        refiner=refiner,
-        decoder_optimizer=decoder_opt,
-        grounding_supervision_weight=args.grounding_supervision_weight,
-        text_guided_weight=args.text_guided_weight,
         amp=args.amp,
         decollate=False,
     )
+    semi = dict(
+        unlabeled_data_loader=DataLoader(unlabeled, batch_size=args.batch),
+        consistency_loss_function=ProbabilityMSELoss(),
+    )  # the bundles' default (soft pseudo labels)
+    if args.method == "supervised":
+        trainer = SupervisedTrainer(**common)
+    elif args.method == "mean_teacher":
+        trainer = MeanTeacherTrainer(**common, **semi)
+    else:
+        trainer = DuSSSTrainer(**common, **semi, refiner=refiner, decoder_optimizer=decoder_opt)
     times: list[float] = []
     start = {}
 
@@ -154,7 +171,7 @@ def run_one(args: argparse.Namespace) -> dict:
             for sort in sorts:
                 f.write(f"{args.method}: {args.iters} iterations, sorted by {sort}\n")
                 f.write(profiler.key_averages().table(sort_by=sort, row_limit=40) + "\n")
-    timed = times[args.warmup:]
+    timed = times[args.warmup :]
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda"
@@ -179,12 +196,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vit-heads", type=int, default=4)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--decoder-channels", type=int, default=32)
-    p.add_argument("--grounding-supervision-weight", type=float, default=1.0,
-                   help="beta of f_g's supervision on the labeled masks (bundle default 1.0; the paper: 0)")
+    p.add_argument(
+        "--grounding-supervision-weight",
+        type=float,
+        default=1.0,
+        help="beta of f_g's supervision on the labeled masks (bundle default 1.0; the paper: 0)",
+    )
     p.add_argument("--text-guided-weight", type=float, default=0.1, help="weight of L_tg (bundle default 0.1)")
-    p.add_argument("--profile", default=None, metavar="PREFIX",
-                   help="also run mean teacher and DuSSS once more under torch.profiler (not timed) and write the "
-                        "operator tables to PREFIX_<method>.txt")
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="PREFIX",
+        help="also run mean teacher and DuSSS once more under torch.profiler (not timed) and write the "
+        "operator tables to PREFIX_<method>.txt",
+    )
     p.add_argument("--method", choices=METHODS, default=None, help="run one method in this process (internal)")
     p.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -201,12 +226,21 @@ def main(argv: list[str] | None = None) -> None:
     for method in ("mean_teacher", "dussss") if args.profile else ():
         out_file = f"{args.profile}_{method}.txt"
         # a few iterations only: a profiled DuSSS step records thousands of events (30 took over two minutes)
-        out = subprocess.run([sys.executable, __file__, *argv, "--iters", "8", "--method", method, "--profile-out", out_file],
-                             capture_output=True, text=True)
-        print(f"profile of {method}: {out_file}" if out.returncode == 0 else f"profile of {method} failed: {out.stderr[-500:]}")
+        out = subprocess.run(
+            [sys.executable, __file__, *argv, "--iters", "8", "--method", method, "--profile-out", out_file],
+            capture_output=True,
+            text=True,
+        )
+        print(
+            f"profile of {method}: {out_file}"
+            if out.returncode == 0
+            else f"profile of {method} failed: {out.stderr[-500:]}"
+        )
     base = results["supervised"]["sec_per_iter"]
-    print(f"device={args.device} size={args.size} batch={args.batch} iters={args.iters} unet={args.unet_channels} "
-          f"vit=({args.vit_hidden}, {args.vit_layers} layers, patch {args.patch}) amp={args.amp}")
+    print(
+        f"device={args.device} size={args.size} batch={args.batch} iters={args.iters} unet={args.unet_channels} "
+        f"vit=({args.vit_hidden}, {args.vit_layers} layers, patch {args.patch}) amp={args.amp}"
+    )
     print(f"{'method':<14}{'s/iter':>10}{'x supervised':>14}{'peak MiB':>11}")
     for method in METHODS:
         r = results[method]

@@ -1,8 +1,16 @@
-"""Write the configs of the MoNuSeg and BM-Seg bundles from those of the QaTa-COV19 bundle.
+"""Write the derived parts of the bundles' configs, so that nothing is defined twice by hand.
 
 The QaTa-COV19 bundle (``bundles/dussss_qata_cov19/configs``) is the one that is edited by hand; the other
 bundles take its ``pretrain.json``, ``train.json``, ``multi_gpu_train.json``, ``evaluate.json`` and
 ``inference.json`` with only the dataset-specific values below replaced, so that they cannot drift apart.
+Within every bundle, two definitions are copied so that each config file still runs on its own:
+
+- the vision-language model (``vlm_def`` and its settings, :data:`VLM_KEYS`) is written in ``pretrain.json``
+  (stage 1 owns it) and copied into ``train.json`` (stage 2 loads the stage-1 weights into it);
+- the student network (``network_def`` and its settings, :data:`NETWORK_KEYS`) is written in ``train.json`` and
+  copied into ``inference.json``, which the model zoo runs alone. ``evaluate.json`` is layered on
+  ``train.json`` (``--config_file "['configs/train.json','configs/evaluate.json']"``) and needs no copy.
+
 ``metadata.json``, ``logging.conf``, ``LICENSE`` and ``docs/`` of each bundle are written by hand.
 
     python bundles/make_bundle_configs.py          # rewrite the derived configs
@@ -31,6 +39,7 @@ STAGE1 = {"learning_rate": 3e-05, "batch_size": 32}
 # The text encoder stays the offline default (``text_encoder: null``) for every dataset; the paper's clinical
 # BERT is ``--text_encoder emilyalsentzer/Bio_ClinicalBERT`` (see each bundle's docs/README.md).
 BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
+    SOURCE: {"common": {}, "train": {}},
     "dussss_monuseg": {
         "common": {"dataset_dir": "data/MoNuSeg", "in_channels": 3},
         # the paper's flips and rot90; the QaTa-COV19 bundle turns them off because its sentences name sides
@@ -43,6 +52,35 @@ BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"learning_rate": 0.0003, "batch_size": 16, "augment_flip": True, "augment_rot90": True},
     },
 }
+
+
+#: the VLM's definition and settings: written in pretrain.json, copied into train.json
+VLM_KEYS = (
+    "text_encoder",
+    "text_max_length",
+    "image_encoder",
+    "vit_patch_size",
+    "vit_hidden_size",
+    "vit_mlp_dim",
+    "vit_num_layers",
+    "vit_num_heads",
+    "conv_channels",
+    "conv_hidden_size",
+    "conv_pool",
+    "embed_dim",
+    "momentum",
+    "vlm_def",
+)
+#: the student network's definition and settings: written in train.json, copied into inference.json
+NETWORK_KEYS = ("unet_channels", "unet_strides", "network_def")
+
+
+def _copy_keys(source: dict[str, Any], target: dict[str, Any], keys: tuple[str, ...], names: str) -> None:
+    """Replace ``target[key]`` with ``source[key]`` for every key (both must have it)."""
+    for key in keys:
+        if key not in source or key not in target:
+            raise KeyError(f"{names}: key {key!r} is missing; update make_bundle_configs.py")
+        target[key] = copy.deepcopy(source[key])
 
 
 def _override(config: dict[str, Any], values: dict[str, Any], name: str) -> dict[str, Any]:
@@ -68,10 +106,11 @@ def derived_configs(bundle: str, source_dir: Path | None = None) -> dict[str, di
     for name in FILES:
         config = json.loads((src / name).read_text())
         common = spec["common"]
-        if name == "multi_gpu_train.json":
-            values: dict[str, Any] = {}  # dataset-independent: merged on top of train.json
+        if name in ("multi_gpu_train.json", "evaluate.json"):
+            values: dict[str, Any] = {}  # layered on train.json: the dataset's values come from there
         elif name == "inference.json":
-            values = {"in_channels": spec["common"]["in_channels"]}  # inference reads --input_dir, not the dataset
+            # inference reads --input_dir, not the dataset
+            values = {k: v for k, v in common.items() if k == "in_channels"}
         elif name == "pretrain.json":
             values = {**common, **STAGE1, **spec.get("pretrain", {})}
         elif name == "train.json":
@@ -79,6 +118,8 @@ def derived_configs(bundle: str, source_dir: Path | None = None) -> dict[str, di
         else:
             values = common
         out[name] = _override(config, values, name)
+    _copy_keys(out["pretrain.json"], out["train.json"], VLM_KEYS, f"{bundle}: pretrain.json -> train.json")
+    _copy_keys(out["train.json"], out["inference.json"], NETWORK_KEYS, f"{bundle}: train.json -> inference.json")
     return out
 
 

@@ -1,42 +1,62 @@
-"""VLM pseudo-label refiner of DuSSS stage 2 (method.md, "Stage 2").
+"""VLM pseudo-label refiner of DuSSS stage 2 (``docs/method.md``, "Grounding decoder f_g" and "Pseudo labels
+and losses").
 
-The frozen stage-1 vision-language model encodes an image (patch tokens) and its description (global text
-embedding); the trainable grounding decoder f_g turns both into text-guided mask logits. The refiner merges
-them with the teacher's logits into the pseudo label ``sigmoid(teacher_logits + text_logits)``: the *logits*
-are summed (the research code summed probabilities, so its merged target never fell below 0.5, and applied a
-second sigmoid; neither is reproduced).
+The frozen stage-1 vision-language model encodes an image (patch tokens) and its description (text embedding);
+the trainable grounding decoder f_g turns both into text-guided mask logits. The refiner merges them with the
+teacher's logits into the pseudo label ``sigmoid(teacher_logits + text_logits)``: the *logits* are summed (the
+research code summed probabilities, so its merged target never fell below 0.5, and applied a second sigmoid;
+neither is reproduced). In train mode it also computes f_g's own objective, ``gamma * L_tg + beta * L_ground``.
 
-The refiner is a plain ``nn.Module`` so that a bundle config can build it on its own, e.g. as an
-inference-time tool that shows the text-guided mask of an image and a sentence.
+One call, :meth:`VLMPseudoLabelRefiner.forward`, gives the stage-2 trainer everything it needs; outside training,
+:meth:`VLMPseudoLabelRefiner.text_logits` shows the text-guided mask of an image and a sentence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dussss_monai.losses.text_guided import TextGuidedLoss
+
 if TYPE_CHECKING:
     from dussss_monai.networks.grounding_decoder import GroundingDecoder
 
-__all__ = ["VLMPseudoLabelRefiner", "RefinedPseudoLabel", "GroundingResult"]
+__all__ = ["VLMPseudoLabelRefiner", "Refinement", "GroundingTargets", "GroundingResult"]
 
 
-class RefinedPseudoLabel(NamedTuple):
-    """Output of :class:`VLMPseudoLabelRefiner`; all tensors ``(B, 1, H, W)``, detached.
+class Refinement(NamedTuple):
+    """Output of :meth:`VLMPseudoLabelRefiner.forward`.
 
     Attributes:
-        merged: ``sigmoid(teacher_logits + text_logits)``, the target of ``L_merged``.
-        text_mask: ``y_text = sigmoid(text_logits)``, the target of ``L_text``.
-        text_logits: the text-guided mask logits.
+        merged: ``sigmoid(teacher_logits + text_logits)`` ``(B, 1, H, W)``, detached: the target of ``L_merged``.
+        text_mask: ``y_text = sigmoid(text_logits)``, detached: the target of ``L_text``.
+        decoder_loss: f_g's objective ``gamma * L_tg + beta * L_ground`` (with gradients into f_g only), or
+            ``None`` in eval mode (f_g is not trained).
+        terms: the parts of ``decoder_loss`` by name (``loss_tg``, ``loss_ground``), for the training log.
     """
 
     merged: torch.Tensor
     text_mask: torch.Tensor
-    text_logits: torch.Tensor
+    decoder_loss: torch.Tensor | None
+    terms: dict[str, torch.Tensor]
+
+
+class GroundingTargets(NamedTuple):
+    """Labeled images with their masks and sentences: the supervision ``L_ground`` of f_g.
+
+    Attributes:
+        images: ``(B, C, H, W)``.
+        masks: ``(B, 1, H, W)`` in ``{0, 1}``.
+        texts: ``B`` sentences.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    texts: Sequence[str]
 
 
 class GroundingResult(NamedTuple):
@@ -59,36 +79,54 @@ class GroundingResult(NamedTuple):
 class VLMPseudoLabelRefiner(nn.Module):
     """Frozen VLM + trainable grounding decoder f_g -> text-guided masks and merged pseudo labels.
 
-    The VLM is frozen at construction (``requires_grad_(False)``) and kept in eval mode whatever ``train()``
-    is called with; its encodings are computed under ``torch.no_grad``. Text embeddings are cached per
-    sentence (reports repeat), the cache lives on the instance and is cleared by :meth:`clear_cache` and
-    whenever a state dict is loaded.
+    The VLM is frozen at construction (``requires_grad_(False)``) and kept in eval mode whatever ``train()`` is
+    called with; its encodings are computed under ``torch.no_grad``. Sentences are encoded by the VLM's text
+    encoder, whose own cache serves repeated sentences when it is frozen. ``train()`` sets f_g's mode: in train
+    mode :meth:`forward` computes f_g's objective with gradients.
 
     Args:
         vlm: stage-1 model with ``encode_image(x) -> .patches (B, h*w, H_v), .grid (h, w)`` and
-            ``encode_text(list[str]) -> .embed (B, D)`` (architecture.md, network contract).
+            ``encode_text(list[str]) -> .embed (B, D)``.
         grounding_decoder: f_g.
-        vlm_image_size: ``(H, W)`` the image encoder expects; images of another size are resized
-            bilinearly before encoding (the masks are returned at the input size). ``None``: no resize.
-        cache_text_embeddings: cache text embeddings per sentence.
-        max_cached_texts: the cache is emptied when it would grow beyond this many sentences.
+        vlm_image_size: ``(H, W)`` the image encoder expects; images of another size are resized bilinearly
+            before encoding (the masks are returned at the input size). ``None``: no resize.
+        text_guided_loss: ``L_tg(pixel_features, mask_logits, text_embed, texts)``; default
+            :class:`~dussss_monai.losses.TextGuidedLoss`.
+        text_guided_weight: ``gamma``, the weight of ``L_tg`` in f_g's objective (1 in the paper).
+        grounding_loss: ``l(text_logits, masks)`` of ``L_ground``; needed when ``grounding_weight > 0``.
+        grounding_weight: ``beta``, the weight of ``L_ground = l(text logits of labeled images, their masks)``;
+            0 (the paper) trains f_g by ``L_tg`` alone.
+
+    Raises:
+        ValueError: on a negative weight, or ``grounding_weight > 0`` without a ``grounding_loss``.
     """
+
+    vlm: Any  # an nn.Module with the stage-1 contract: encode_image(x), encode_text(texts)
 
     def __init__(
         self,
         vlm: nn.Module,
         grounding_decoder: GroundingDecoder,
         vlm_image_size: Sequence[int] | None = None,
-        cache_text_embeddings: bool = True,
-        max_cached_texts: int = 100_000,
+        text_guided_loss: Callable | None = None,
+        text_guided_weight: float = 1.0,
+        grounding_loss: Callable | None = None,
+        grounding_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if text_guided_weight < 0 or grounding_weight < 0:
+            raise ValueError(
+                f"refiner: text_guided_weight and grounding_weight must be >= 0, got {text_guided_weight}, {grounding_weight}"
+            )
+        if grounding_weight > 0 and grounding_loss is None:
+            raise ValueError("refiner: grounding_weight > 0 needs a grounding_loss (the pixel loss of L_ground)")
         self.vlm = vlm
         self.grounding_decoder = grounding_decoder
         self.vlm_image_size = None if vlm_image_size is None else tuple(int(s) for s in vlm_image_size)
-        self.cache_text_embeddings = bool(cache_text_embeddings)
-        self.max_cached_texts = int(max_cached_texts)
-        self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self.text_guided_loss = text_guided_loss if text_guided_loss is not None else TextGuidedLoss()
+        self.text_guided_weight = float(text_guided_weight)
+        self.grounding_loss = grounding_loss
+        self.grounding_weight = float(grounding_weight)
         self.vlm.requires_grad_(False)
         self.vlm.eval()
 
@@ -98,43 +136,17 @@ class VLMPseudoLabelRefiner(nn.Module):
         self.vlm.eval()
         return self
 
-    def clear_cache(self) -> None:
-        """Forget the cached text embeddings (call after changing the VLM's weights by hand)."""
-        self._text_cache.clear()
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
-        """``nn.Module.load_state_dict``, then clear the text cache (the VLM may have changed)."""
-        self.clear_cache()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
-        """Frozen text embeddings ``(B, D)``, cached per sentence.
-
-        Args:
-            texts: one sentence per image.
-            device: where the result lives (default: the device the VLM returns).
+        """Frozen text embeddings ``(B, D)``.
 
         Raises:
             TypeError: when ``texts`` is a single string instead of a sequence.
         """
         if isinstance(texts, str):
             raise TypeError("VLMPseudoLabelRefiner: texts must be a sequence of strings, one per image, not a str")
-        texts = [str(t) for t in texts]
-        if not self.cache_text_embeddings:
-            embed = self.vlm.encode_text(texts).embed.detach()
-            return embed if device is None else embed.to(device)
-        dev_key = str(device)
-        missing = list(dict.fromkeys(t for t in texts if (t, dev_key) not in self._text_cache))
-        if missing:
-            if len(self._text_cache) + len(missing) > self.max_cached_texts:
-                self._text_cache.clear()
-            embed = self.vlm.encode_text(missing).embed.detach()
-            if device is not None:
-                embed = embed.to(device)
-            for t, e in zip(missing, embed):
-                self._text_cache[(t, dev_key)] = e
-        return torch.stack([self._text_cache[(t, dev_key)] for t in texts])
+        embed = self.vlm.encode_text([str(t) for t in texts]).embed.detach()
+        return embed if device is None else embed.to(device)
 
     @torch.no_grad()
     def encode_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -178,6 +190,10 @@ class VLMPseudoLabelRefiner(nn.Module):
             text_logits = F.interpolate(feature_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return GroundingResult(features, feature_logits, text_logits, text_embed)
 
+    def text_logits(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Text-guided mask logits ``(B, 1, H, W)`` of ``images`` and their sentences."""
+        return self.ground(images, texts).text_logits
+
     @staticmethod
     def crop_to_boxes(maps: torch.Tensor, boxes: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
         """Crop each map to its box and resample it to ``out_size`` (bilinear).
@@ -197,50 +213,83 @@ class VLMPseudoLabelRefiner(nn.Module):
             ValueError: on a batch-size or box-shape mismatch.
         """
         if boxes.ndim != 2 or boxes.shape != (maps.shape[0], 4):
-            raise ValueError(f"VLMPseudoLabelRefiner: boxes must be (B, 4) with B = {maps.shape[0]}, got {tuple(boxes.shape)}")
+            raise ValueError(
+                f"VLMPseudoLabelRefiner: boxes must be (B, 4) with B = {maps.shape[0]}, got {tuple(boxes.shape)}"
+            )
         b = boxes.to(device=maps.device, dtype=maps.dtype)
         top, left, height, width = b.unbind(1)
         zero = torch.zeros_like(top)
         # affine_grid maps the output's normalised coordinates [-1, 1] onto the box in the input's
         theta = torch.stack(
-            [torch.stack([width, zero, 2 * left + width - 1], 1), torch.stack([zero, height, 2 * top + height - 1], 1)], 1
+            [torch.stack([width, zero, 2 * left + width - 1], 1), torch.stack([zero, height, 2 * top + height - 1], 1)],
+            1,
         )
         size = (maps.shape[0], maps.shape[1], int(out_size[0]), int(out_size[1]))
         grid = F.affine_grid(theta, list(size), align_corners=False)
         return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def text_logits(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """Text-guided mask logits ``(B, 1, H, W)`` (gradients reach f_g when grad mode is on, for L_tg)."""
-        return self.ground(images, texts).text_logits
+    def _ground_both(
+        self, images: torch.Tensor, texts: Sequence[str], labeled: GroundingTargets | None
+    ) -> tuple[GroundingResult, GroundingResult | None]:
+        """Ground the unlabeled images and, for ``L_ground``, the labeled ones: in ONE batched forward when their
+        sizes agree (the VLM in eval mode and f_g's instance norms are per sample), which keeps the supervision
+        cheap on a GPU."""
+        if labeled is None:
+            return self.ground(images, texts), None
+        if labeled.images.shape[1:] != images.shape[1:]:
+            return self.ground(images, texts), self.ground(labeled.images, labeled.texts)
+        n = images.shape[0]
+        both = self.ground(torch.cat([images, labeled.images.to(images.dtype)]), list(texts) + list(labeled.texts))
+        return GroundingResult(*(t[:n] for t in both)), GroundingResult(*(t[n:] for t in both))
 
-    @staticmethod
-    def merge(teacher_logits: torch.Tensor, text_logits: torch.Tensor) -> RefinedPseudoLabel:
-        """Merge teacher and text logits into detached pseudo labels.
+    def forward(
+        self,
+        images: torch.Tensor,
+        texts: Sequence[str],
+        teacher_logits: torch.Tensor,
+        crop_boxes: torch.Tensor | None = None,
+        labeled: GroundingTargets | None = None,
+    ) -> Refinement:
+        """Refine the teacher's pseudo labels with the sentences (``docs/method.md``, "Pseudo labels and losses").
 
-        ``merged = sigmoid(teacher_logits + text_logits)`` (logits summed, one sigmoid), ``text_mask =
-        sigmoid(text_logits)``.
+        Args:
+            images: the images the sentences describe ``(B, C, H, W)``: the training images themselves, or in
+                patch training the whole images the patches were cut from.
+            texts: ``B`` sentences.
+            teacher_logits: the teacher's logits of the training images ``(B, 1, h, w)``.
+            crop_boxes: ``(B, 4)`` where each training patch lies in its whole image (``crop_box``), or ``None``
+                when ``images`` are the training images.
+            labeled: the labeled images for ``L_ground``; used in train mode when ``grounding_weight > 0``.
+
+        Returns:
+            :class:`Refinement`: the detached targets and, in train mode, f_g's objective.
 
         Raises:
-            ValueError: when the shapes differ.
+            ValueError: when the shapes of teacher and text logits differ.
         """
+        train_decoder = self.training
+        if not (train_decoder and self.grounding_weight > 0):
+            labeled = None
+        with torch.set_grad_enabled(train_decoder):
+            grounding, grounding_l = self._ground_both(images, texts, labeled)
+        text_logits = grounding.text_logits
+        if crop_boxes is not None:
+            text_logits = self.crop_to_boxes(grounding.feature_logits.detach(), crop_boxes, teacher_logits.shape[-2:])
         if teacher_logits.shape != text_logits.shape:
             raise ValueError(
                 f"VLMPseudoLabelRefiner: teacher logits {tuple(teacher_logits.shape)} and text logits "
                 f"{tuple(text_logits.shape)} differ in shape"
             )
-        t = teacher_logits.detach().float()
-        x = text_logits.detach().float()
-        return RefinedPseudoLabel(merged=torch.sigmoid(t + x), text_mask=torch.sigmoid(x), text_logits=x)
-
-    def forward(self, images: torch.Tensor, texts: Sequence[str], teacher_logits: torch.Tensor) -> RefinedPseudoLabel:
-        """Refine the teacher's pseudo label of ``images`` with their texts (method.md, Stage 2, L_merged / L_text).
-
-        Args:
-            images: ``(B, C, H, W)``.
-            texts: ``B`` sentences.
-            teacher_logits: teacher output before the sigmoid, ``(B, 1, H, W)``.
-
-        Returns:
-            :class:`RefinedPseudoLabel` (detached targets for the student).
-        """
-        return self.merge(teacher_logits, self.text_logits(images, texts))
+        teacher, text = teacher_logits.detach().float(), text_logits.detach().float()
+        terms: dict[str, torch.Tensor] = {}
+        decoder_loss = None
+        if train_decoder:
+            # only f_g is in this graph: the VLM is frozen and the student is not involved
+            terms["loss_tg"] = self.text_guided_loss(
+                grounding.pixel_features, grounding.feature_logits, grounding.text_embed, texts
+            )
+            decoder_loss = self.text_guided_weight * terms["loss_tg"]
+            if grounding_l is not None and labeled is not None:
+                terms["loss_ground"] = self.grounding_loss(grounding_l.text_logits, labeled.masks).mean()  # type: ignore[misc]
+                decoder_loss = decoder_loss + self.grounding_weight * terms["loss_ground"]
+        return Refinement(torch.sigmoid(teacher + text), torch.sigmoid(text), decoder_loss, terms)

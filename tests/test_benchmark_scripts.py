@@ -25,15 +25,28 @@ def test_monuseg_sweep_dry_run_lists_each_stage_once(tmp_path, capsys):
     data = generate_demo_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=0, image_size=32)
     bench = _load("monuseg_accuracy")
     work = tmp_path / "work"
-    rc = bench.main(["--dry_run", "--dataset_dir", str(data), "--ratios", "0.25,0.5", "--seeds", "0",
-                     "--methods", "supervised,dussss,dussss_no_sss", "--workdir", str(work)])
+    rc = bench.main(
+        [
+            "--dry_run",
+            "--dataset_dir",
+            str(data),
+            "--ratios",
+            "0.25,0.5",
+            "--seeds",
+            "0",
+            "--methods",
+            "supervised,dussss,dussss_no_sss",
+            "--workdir",
+            str(work),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     commands = [line for line in out.splitlines() if "-m monai.bundle run" in line]
     pretrain = [c for c in commands if "pretrain.json" in c]
     # stage 1 once per variant (full, no_sss), shared by both ratios; none for the supervised baseline
     assert len(pretrain) == 2 and sum("--use_sss" in c for c in pretrain) == 1
-    train = [c for c in commands if "train.json" in c and "pretrain.json" not in c]
+    train = [c for c in commands if "run training" in c and "pretrain.json" not in c]
     assert len(train) == 6  # 2 ratios x 3 methods
     assert all("--vlm_checkpoint" in c for c in train if "--method dussss" in c)
     assert len([c for c in commands if "evaluate.json" in c]) == 6
@@ -51,22 +64,23 @@ def test_monuseg_sweep_names_a_missing_dataset(tmp_path, capsys):
 def test_rotated_text_control_gives_each_unlabeled_image_its_neighbours_sentence():
     import torch
 
-    from dussss_monai.engines.semi_supervised_trainer import SemiSupervisedTrainer
+    from dussss_monai.bundle import TRAINERS
+    from dussss_monai.engines import DuSSSTrainer, UnlabeledBatch
 
     bench = _load("rotated_text_control")
     assert bench.rotate(["a", "b", "c"]) == ["b", "c", "a"]
     assert bench.rotate(["a"]) == ["a"] and bench.rotate(None) is None
-    fake = type("Fake", (), {"method": "dussss", "image_key": "image", "text_key": "text", "non_blocking": False,
-                             "to_kwargs": {}, "state": type("S", (), {"device": torch.device("cpu")})()})()  # fmt: skip
-    batch = {"image": torch.zeros(3, 1, 4, 4), "text": ["a", "b", "c"]}
-    original = SemiSupervisedTrainer._unlabeled_inputs
+    batch = UnlabeledBatch(torch.zeros(3, 1, 4, 4), torch.zeros(3, 1, 4, 4), {"text": ["a", "b", "c"]})
+    trainer = bench.RotatedTextDuSSSTrainer.__new__(bench.RotatedTextDuSSSTrainer)
+    trainer.text_key = "text"
+    assert trainer.unlabeled_texts(batch) == ["b", "c", "a"]
+    assert DuSSSTrainer.unlabeled_texts(trainer, batch) == ["a", "b", "c"]
     uninstall = bench.install()
     try:
-        assert SemiSupervisedTrainer._unlabeled_inputs(fake, batch)[1] == ["b", "c", "a"]
+        assert TRAINERS["dussss"] is bench.RotatedTextDuSSSTrainer
     finally:
         uninstall()
-    assert SemiSupervisedTrainer._unlabeled_inputs is original
-    assert SemiSupervisedTrainer._unlabeled_inputs(fake, batch)[1] == ["a", "b", "c"]
+    assert TRAINERS["dussss"] is DuSSSTrainer
 
 
 def test_monuseg_sweep_report_only_collects_finished_runs_and_runs_nothing(tmp_path, capsys):
@@ -80,8 +94,21 @@ def test_monuseg_sweep_report_only_collects_finished_runs_and_runs_nothing(tmp_p
     done = work / "ratio0.25" / "seed0" / "supervised" / "eval"
     done.mkdir(parents=True)
     (done / "summary.json").write_text(json.dumps({"mean_dice": 0.61, "mean_iou": 0.45, "n": 4}))
-    rc = bench.main(["--report_only", "--dataset_dir", str(data), "--ratios", "0.25", "--seeds", "0",
-                     "--methods", "supervised,mean_teacher", "--workdir", str(work)])
+    rc = bench.main(
+        [
+            "--report_only",
+            "--dataset_dir",
+            str(data),
+            "--ratios",
+            "0.25",
+            "--seeds",
+            "0",
+            "--methods",
+            "supervised,mean_teacher",
+            "--workdir",
+            str(work),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1  # a planned run is missing
     assert "-m monai.bundle" not in captured.out and not (work / "pretrain").exists()
@@ -109,10 +136,23 @@ def test_grounding_probe_trains_f_g_alone_and_scores_right_and_rotated_sentences
     assert probe.dice(logits, target) == pytest.approx(100 * (8 / 12 + 1) / 2)
 
     data = generate_demo_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=0, image_size=32, seed=0)
-    tiny = {"image_size": 32, "num_workers": 0, "vit_patch_size": 8, "vit_hidden_size": 32, "vit_mlp_dim": 64,
-            "vit_num_layers": 1, "vit_num_heads": 2, "embed_dim": 16, "text_max_length": 16, "decoder_channels": 8,
-            "unet_channels": [4, 8], "unet_strides": [2], "dataset_dir": str(data), "labeled_ratio": 0.5,
-            "decoder_image_skip_channels": 4}
+    tiny = {
+        "image_size": 32,
+        "num_workers": 0,
+        "vit_patch_size": 8,
+        "vit_hidden_size": 32,
+        "vit_mlp_dim": 64,
+        "vit_num_layers": 1,
+        "vit_num_heads": 2,
+        "embed_dim": 16,
+        "text_max_length": 16,
+        "decoder_channels": 8,
+        "unet_channels": [4, 8],
+        "unet_strides": [2],
+        "dataset_dir": str(data),
+        "labeled_ratio": 0.5,
+        "decoder_image_skip_channels": 4,
+    }
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / "dussss_qata_cov19" / "configs" / "train.json"))
     for k, v in tiny.items():
@@ -121,12 +161,31 @@ def test_grounding_probe_trains_f_g_alone_and_scores_right_and_rotated_sentences
     torch.save(parser.get_parsed_content("vlm_def").state_dict(), tmp_path / "vlm.pt")
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
     sets = [f"--set={k}={json.dumps(v)}" for k, v in tiny.items()]
-    rc = probe.main(["--vlm_checkpoint", str(tmp_path / "vlm.pt"), "--teacher", str(tmp_path / "model.pt"),
-                     "--steps", "3", "--batch_size", "2", *sets])
+    rc = probe.main(
+        [
+            "--vlm_checkpoint",
+            str(tmp_path / "vlm.pt"),
+            "--teacher",
+            str(tmp_path / "model.pt"),
+            "--steps",
+            "3",
+            "--batch_size",
+            "2",
+            *sets,
+        ]
+    )
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result) == {"text_mask_dice", "text_mask_dice_rotated", "text_mask_foreground", "truth_foreground",
-                           "text_logit_max", "teacher_dice", "merged_dice", "merged_dice_rotated"}
+    assert set(result) == {
+        "text_mask_dice",
+        "text_mask_dice_rotated",
+        "text_mask_foreground",
+        "truth_foreground",
+        "text_logit_max",
+        "teacher_dice",
+        "merged_dice",
+        "merged_dice_rotated",
+    }
     assert all(0 <= result[k] <= 100 for k in result if k != "text_logit_max")
     assert 0 < result["truth_foreground"] < 20  # the generated lesions: a few per cent of the image
 

@@ -16,8 +16,10 @@ from dussss_monai.data.demo import generate_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_STEP = "--size 32 --batch 2 --iters 1 --warmup 1 --vit-hidden 32 --vit-heads 2 --vit-layers 1 --embed-dim 16 " \
+TINY_STEP = (
+    "--size 32 --batch 2 --iters 1 --warmup 1 --vit-hidden 32 --vit-heads 2 --vit-layers 1 --embed-dim 16 "
     "--decoder-channels 8 --unet-channels 4 8"
+)
 TINY_BUNDLE = " ".join(
     f"--extra {x}"
     for x in ("image_size=32", "vit_num_layers=1", "vit_hidden_size=32", "vit_mlp_dim=64", "vit_num_heads=2",

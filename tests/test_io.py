@@ -23,7 +23,9 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["datalist.json"]
 
 
-def test_full_disk_keeps_the_old_file_and_leaves_no_partial_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_keeps_the_old_file_and_leaves_no_partial_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "report.md"
     atomic_write_text(path, "good report\n")
 

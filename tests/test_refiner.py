@@ -1,4 +1,4 @@
-"""VLMPseudoLabelRefiner: merged pseudo label = sigmoid of summed logits, frozen VLM, text cache, f_g gradients."""
+"""VLMPseudoLabelRefiner: merged pseudo label = sigmoid of summed logits, frozen VLM, f_g's objective and gradients."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dussss_monai.losses.segmentation import SegmentationLoss
 from dussss_monai.losses.text_guided import TextGuidedLoss
 from dussss_monai.networks.grounding_decoder import GroundingDecoder
-from dussss_monai.refiner import VLMPseudoLabelRefiner
+from dussss_monai.refiner import GroundingTargets, VLMPseudoLabelRefiner
 
 
 class FakeVLM(nn.Module):
@@ -27,7 +28,9 @@ class FakeVLM(nn.Module):
     def encode_image(self, x: torch.Tensor) -> SimpleNamespace:
         p = self.patch_embed(x)
         patches = p.flatten(2).transpose(1, 2)
-        return SimpleNamespace(embed=F.normalize(self.image_proj(patches.mean(1)), dim=1), patches=patches, grid=tuple(p.shape[-2:]))
+        return SimpleNamespace(
+            embed=F.normalize(self.image_proj(patches.mean(1)), dim=1), patches=patches, grid=tuple(p.shape[-2:])
+        )
 
     def encode_text(self, texts: list[str]) -> SimpleNamespace:
         self.encoded_sentences.extend(texts)
@@ -41,25 +44,55 @@ def _refiner(**kw) -> VLMPseudoLabelRefiner:
 
 
 def test_merged_is_sigmoid_of_summed_logits_not_summed_probabilities():
-    teacher = torch.tensor([-3.0, -1.0, 0.0, 2.0]).view(1, 1, 2, 2)
-    text = torch.tensor([-2.0, -1.0, 1.0, -4.0]).view(1, 1, 2, 2)
-    out = VLMPseudoLabelRefiner.merge(teacher, text)
+    ref = _refiner().eval()
+    images = torch.rand(1, 1, 32, 32)
+    text = ref.text_logits(images, ["x"]).detach()
+    teacher = torch.tensor([-3.0, -1.0, 0.0, 2.0]).repeat_interleave(256).view(1, 1, 32, 32)
+    out = ref(images, ["x"], teacher)
     torch.testing.assert_close(out.merged, torch.sigmoid(teacher + text))
     torch.testing.assert_close(out.text_mask, torch.sigmoid(text))
     wrong = torch.sigmoid(torch.sigmoid(teacher) + torch.sigmoid(text))  # the research code's version
     assert not torch.allclose(out.merged, wrong)
-    assert wrong.min() >= 0.5 and out.merged.min() < 0.05  # background stays background once logits are merged
+    assert wrong.min() >= 0.5  # summed probabilities never let the target fall below 0.5
 
 
-def test_forward_with_vlm_returns_detached_targets_at_image_size():
-    ref = _refiner()
+def test_forward_returns_detached_targets_at_image_size_and_no_objective_in_eval_mode():
+    ref = _refiner().eval()
     images = torch.rand(2, 1, 32, 32)
     teacher_logits = torch.randn(2, 1, 32, 32, requires_grad=True)
     out = ref(images, ["left lung", "right lung"], teacher_logits)
-    assert out.merged.shape == out.text_mask.shape == out.text_logits.shape == (2, 1, 32, 32)
+    assert out.merged.shape == out.text_mask.shape == (2, 1, 32, 32)
     assert not out.merged.requires_grad and not out.text_mask.requires_grad
-    torch.testing.assert_close(out.merged, torch.sigmoid(teacher_logits.detach() + out.text_logits))
-    torch.testing.assert_close(out.text_logits, ref.text_logits(images, ["left lung", "right lung"]).detach())
+    assert out.decoder_loss is None and out.terms == {}
+    text = ref.text_logits(images, ["left lung", "right lung"]).detach()
+    torch.testing.assert_close(out.merged, torch.sigmoid(teacher_logits.detach() + text))
+    with pytest.raises(ValueError, match="differ in shape"):
+        ref(images, ["left lung", "right lung"], torch.zeros(2, 1, 16, 16))
+
+
+def test_forward_in_train_mode_returns_f_g_objective():
+    """gamma * L_tg + beta * L_ground, with L_ground on the labeled images and gradients into f_g only."""
+    ref = VLMPseudoLabelRefiner(
+        FakeVLM(),
+        GroundingDecoder(12, 8, hidden_channels=8),
+        text_guided_weight=0.5,
+        grounding_loss=SegmentationLoss(),
+        grounding_weight=2.0,
+    ).train()
+    images, texts = torch.rand(3, 1, 32, 32), ["a", "b", "c"]
+    labeled = GroundingTargets(torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float(), ["a", "d"])
+    out = ref(images, texts, torch.zeros(3, 1, 32, 32), labeled=labeled)
+    assert set(out.terms) == {"loss_tg", "loss_ground"}
+    torch.testing.assert_close(out.decoder_loss, 0.5 * out.terms["loss_tg"] + 2.0 * out.terms["loss_ground"])
+    g = ref.ground(labeled.images, labeled.texts)
+    torch.testing.assert_close(
+        out.terms["loss_ground"], SegmentationLoss()(g.text_logits, labeled.masks), rtol=1e-4, atol=1e-6
+    )
+    out.decoder_loss.backward()
+    assert all(p.grad is None for p in ref.vlm.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ref.grounding_decoder.parameters())
+    without = ref(images, texts, torch.zeros(3, 1, 32, 32))  # no labeled images: L_tg alone
+    assert set(without.terms) == {"loss_tg"}
 
 
 def test_vlm_is_frozen_and_stays_in_eval_mode():
@@ -78,17 +111,9 @@ def test_text_guided_loss_grads_reach_decoder_only():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ref.grounding_decoder.parameters())
 
 
-def test_text_embeddings_are_cached_per_sentence():
-    ref = _refiner()
-    first = ref.encode_texts(["a", "b", "a"])
-    again = ref.encode_texts(["b", "a", "c"])
-    assert ref.vlm.encoded_sentences == ["a", "b", "c"]  # each sentence encoded once
-    torch.testing.assert_close(again[1], first[0])
-    ref.load_state_dict(ref.state_dict())  # weights may have changed: cache cleared
-    ref.encode_texts(["a"])
-    assert ref.vlm.encoded_sentences[-1] == "a"
+def test_texts_must_be_a_list_of_sentences():
     with pytest.raises(TypeError):
-        ref.encode_texts("a sentence, not a list")
+        _refiner().encode_texts("a sentence, not a list")
 
 
 def test_images_are_resized_for_the_vlm_and_masks_returned_at_input_size():
@@ -117,18 +142,22 @@ def test_with_the_real_stage1_vlm():
         def forward(self, texts):
             ids = torch.tensor([[sum(map(ord, t)) % 97] for t in texts])
             tokens = self.table(ids)
-            return TextEncoding(cls=tokens[:, 0], tokens=tokens, attention_mask=torch.ones(len(texts), 1, dtype=torch.long))
+            return TextEncoding(
+                cls=tokens[:, 0], tokens=tokens, attention_mask=torch.ones(len(texts), 1, dtype=torch.long)
+            )
 
     torch.manual_seed(0)
-    image_encoder = ViTImageEncoder(in_channels=1, img_size=32, patch_size=8, hidden_size=16, mlp_dim=32, num_layers=1, num_heads=2)
+    image_encoder = ViTImageEncoder(
+        in_channels=1, img_size=32, patch_size=8, hidden_size=16, mlp_dim=32, num_layers=1, num_heads=2
+    )
     vlm = vlm_mod.DuSSSVisionLanguageModel(image_encoder, TinyTextEncoder(), embed_dim=8)
     ref = VLMPseudoLabelRefiner(vlm, GroundingDecoder(in_channels=16, embed_dim=8, hidden_channels=8))
     images = torch.rand(2, 1, 32, 32)
     texts = ["bilateral infection", "left lower lung"]
     g = ref.ground(images, texts)
     assert g.pixel_features.shape == (2, 8, 16, 16) and g.text_logits.shape == (2, 1, 32, 32)
-    out = ref(images, texts, torch.zeros(2, 1, 32, 32))
-    torch.testing.assert_close(out.merged, torch.sigmoid(out.text_logits))
+    out = ref.eval()(images, texts, torch.zeros(2, 1, 32, 32))
+    torch.testing.assert_close(out.merged, out.text_mask)
     TextGuidedLoss()(g.pixel_features, g.feature_logits, g.text_embed, texts).backward()
     assert all(p.grad is None for p in vlm.parameters())
 
@@ -140,7 +169,12 @@ def test_crop_to_boxes_equals_cropping_the_map():
     torch.testing.assert_close(out[0], x[0, :, 20:60, 16:56], atol=1e-2, rtol=0)
     # a box resampled to another size: the crop of a smooth map, up to interpolation
     half = VLMPseudoLabelRefiner.crop_to_boxes(x, boxes, (50, 20))
-    torch.testing.assert_close(half[1], F.interpolate(x[1:, :, :, 40:], size=(50, 20), mode="bilinear", align_corners=False)[0], atol=1.0, rtol=0)
+    torch.testing.assert_close(
+        half[1],
+        F.interpolate(x[1:, :, :, 40:], size=(50, 20), mode="bilinear", align_corners=False)[0],
+        atol=1.0,
+        rtol=0,
+    )
     with pytest.raises(ValueError, match="boxes"):
         VLMPseudoLabelRefiner.crop_to_boxes(x, boxes[:1], (8, 8))
 
@@ -148,7 +182,9 @@ def test_crop_to_boxes_equals_cropping_the_map():
 def test_grounding_decoder_with_image_skip_reads_the_image_at_input_size():
     """With f_g's image skip the mask is computed at the input size, from the input image (not the VLM's resize)."""
     torch.manual_seed(0)
-    ref = VLMPseudoLabelRefiner(FakeVLM(), GroundingDecoder(12, 8, hidden_channels=8, image_skip_channels=4), vlm_image_size=(32, 32))
+    ref = VLMPseudoLabelRefiner(
+        FakeVLM(), GroundingDecoder(12, 8, hidden_channels=8, image_skip_channels=4), vlm_image_size=(32, 32)
+    )
     images = torch.rand(2, 1, 48, 40)
     g = ref.ground(images, ["a", "b"])
     assert g.pixel_features.shape == (2, 8, 48, 40)

@@ -23,12 +23,18 @@ from dussss_monai.data import generate_demo_dataset
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "bundles" / "dussss_qata_cov19" / "configs" / "train.json"
 TINY = [
-    "--image_size", "32",
-    "--batch_size", "4",
-    "--num_workers", "0",
-    "--unet_channels", "[4,8,16]",
-    "--unet_strides", "[2,2]",
-    "--log_iterations", "False",
+    "--image_size",
+    "32",
+    "--batch_size",
+    "4",
+    "--num_workers",
+    "0",
+    "--unet_channels",
+    "[4,8,16]",
+    "--unet_strides",
+    "[2,2]",
+    "--log_iterations",
+    "False",
 ]
 
 pytestmark = pytest.mark.slow
@@ -36,13 +42,26 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_demo_dataset(tmp_path_factory.mktemp("data") / "qata", n_train=16, n_val=4, n_test=0, image_size=32, seed=1)
+    return generate_demo_dataset(
+        tmp_path_factory.mktemp("data") / "qata", n_train=16, n_val=4, n_test=0, image_size=32, seed=1
+    )
 
 
 def _cmd(dataset: Path, root: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN),
-        "--dataset_dir", str(dataset), "--bundle_root", str(root), *TINY, *extra,
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(TRAIN),
+        "--dataset_dir",
+        str(dataset),
+        "--bundle_root",
+        str(root),
+        *TINY,
+        *extra,
     ]
 
 
@@ -62,7 +81,10 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(dataset: Path, tmp_
     common = ("--method", "mean_teacher", "--labeled_ratio", "0.5")
     proc = subprocess.Popen(
         _cmd(dataset, tmp_path, *common, "--max_epochs", "400"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        cwd=REPO,
     )
     try:
         deadline = time.time() + 180
@@ -100,8 +122,16 @@ def test_non_finite_loss_stops_and_keeps_good_models(dataset: Path, tmp_path: Pa
     # 16 training images at ratio 1.0 and batch 4 -> 4 iterations per epoch; NaN at iteration 7 (epoch 2)
     result = _run(
         _cmd(
-            dataset, tmp_path, "--method", "supervised", "--labeled_ratio", "1.0", "--max_epochs", "5",
-            "--loss", "$__import__('nan_loss').NaNAfter(6)",
+            dataset,
+            tmp_path,
+            "--method",
+            "supervised",
+            "--labeled_ratio",
+            "1.0",
+            "--max_epochs",
+            "5",
+            "--loss",
+            "$__import__('nan_loss').NaNAfter(6)",
         )
     )
     assert result.returncode != 0
@@ -120,7 +150,9 @@ def test_same_seed_same_split_and_dice(dataset: Path, tmp_path: Path) -> None:
     summaries, splits = [], []
     for i in range(2):
         root = tmp_path / f"run{i}"
-        result = _run(_cmd(dataset, root, "--method", "supervised", "--labeled_ratio", "0.5", "--max_epochs", "2", "--seed", "3"))
+        result = _run(
+            _cmd(dataset, root, "--method", "supervised", "--labeled_ratio", "0.5", "--max_epochs", "2", "--seed", "3")
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         run_dir = root / "runs" / "supervised_ratio0.5_seed3"
         splits.append((run_dir / "split_ratio0.5_seed3.json").read_bytes())

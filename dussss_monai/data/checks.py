@@ -100,7 +100,9 @@ def collect_problems(
     for where, item in _iter_items(datalist):
         if not isinstance(item, Mapping):
             if where not in SECTIONS:  # a section that is not a list was reported above
-                problems.append(f"{where_src}{where}: an item must be an object with 'image', 'label', 'text', got {_show(item)}")
+                problems.append(
+                    f"{where_src}{where}: an item must be an object with 'image', 'label', 'text', got {_show(item)}"
+                )
             continue
         image = item.get("image")
         label = item.get("label")
@@ -132,7 +134,9 @@ def collect_problems(
             if require_labels:
                 problems.append(f"{where_src}{where} ({_img(image)}): no 'label' (mask) given")
         elif not isinstance(label, str) or not label:
-            problems.append(f"{where_src}{where} ({_img(image)}): 'label' must be a file path string, got {_show(label)}")
+            problems.append(
+                f"{where_src}{where} ({_img(image)}): 'label' must be a file path string, got {_show(label)}"
+            )
         elif files:
             try:
                 mask = read_mask_2d(label)

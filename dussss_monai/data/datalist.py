@@ -81,13 +81,19 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, list[Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DatasetError([f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"], header=_header(path)) from e
+        raise DatasetError(
+            [f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"], header=_header(path)
+        ) from e
     if not isinstance(data, dict):
-        raise DatasetError([f"{path}: a datalist must be a JSON object with keys training/validation/test, got {type(data).__name__}"],
-                           header=_header(path))
+        raise DatasetError(
+            [f"{path}: a datalist must be a JSON object with keys training/validation/test, got {type(data).__name__}"],
+            header=_header(path),
+        )
     if not any(k in data for k in SECTIONS):
-        raise DatasetError([f"{path}: no 'training', 'validation' or 'test' key (found: {', '.join(map(repr, data)) or 'none'})"],
-                           header=_header(path))
+        raise DatasetError(
+            [f"{path}: no 'training', 'validation' or 'test' key (found: {', '.join(map(repr, data)) or 'none'})"],
+            header=_header(path),
+        )
     out: dict[str, list[Any]] = {}
     for section in SECTIONS:
         items = data.get(section, [])
@@ -103,16 +109,21 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, list[Any]]:
 def _read_csv(path: Path, problems: list[str]) -> dict[str, list[Any]]:
     text = decode_utf8(path.read_bytes(), path)
     try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        lines = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as e:
         raise DatasetError([f"{path}: malformed CSV ({e})"], header=_header(path)) from e
-    rows = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
+    rows = [(i + 1, r) for i, r in enumerate(lines) if any(c.strip() for c in r)]
     if not rows:
         raise DatasetError([f"{path}: empty CSV (expected a header image,label,text,split)"], header=_header(path))
     header = [c.strip().lower() for c in rows[0][1]]
     if "image" not in header:
-        raise DatasetError([f"{path}: no 'image' column in the header (found: {', '.join(map(repr, rows[0][1]))}); "
-                            "expected columns image,label,text,split"], header=_header(path))
+        raise DatasetError(
+            [
+                f"{path}: no 'image' column in the header (found: {', '.join(map(repr, rows[0][1]))}); "
+                "expected columns image,label,text,split"
+            ],
+            header=_header(path),
+        )
     col = {name: header.index(name) for name in ("image", "label", "text", "split", "name") if name in header}
     if "text" not in col:
         problems.append(f"{path}: no 'text' column in the header; every image needs a description")
@@ -187,7 +198,9 @@ def load_datalist(
             if isinstance(it, Mapping):
                 items.append(_normalise_item(it, base))
             else:
-                problems.append(f"{p}: {section}[{i}]: an item must be an object with 'image', 'label', 'text', got {type(it).__name__}")
+                problems.append(
+                    f"{p}: {section}[{i}]: an item must be an object with 'image', 'label', 'text', got {type(it).__name__}"
+                )
         datalist[section] = items
     if not any(datalist.values()) and not problems:
         problems.append(f"{p}: the datalist has no items")
@@ -257,7 +270,9 @@ def split_labeled(
     items = _sorted_items(training)
     n = len(items)
     if n == 0:
-        raise DatasetError(["the training list is empty: a split needs at least one labeled image"], header="cannot split")
+        raise DatasetError(
+            ["the training list is empty: a split needs at least one labeled image"], header="cannot split"
+        )
     n_labeled = min(n, max(1, _round_half_up(ratio * n)))
     order = np.random.default_rng(seed).permutation(n)
     chosen = set(order[:n_labeled].tolist())
@@ -290,7 +305,9 @@ def holdout_validation(
     n = len(items)
     if n < 2:
         raise DatasetError(
-            [f"only {n} training image(s) and no validation set: cannot hold out validation images; add a validation set"],
+            [
+                f"only {n} training image(s) and no validation set: cannot hold out validation images; add a validation set"
+            ],
             header="cannot hold out validation",
         )
     n_val = min(n - 1, max(1, _round_half_up(frac * n)))
@@ -381,16 +398,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--dataset_dir", required=True, help="LViT-layout folder or datalist .json/.csv file")
     parser.add_argument("--output_dir", required=True, help="folder for datalist.json and split_ratio<r>_seed<s>.json")
-    parser.add_argument("--labeled_ratio", type=float, default=0.25, help="fraction of labeled training images, in (0, 1]")
+    parser.add_argument(
+        "--labeled_ratio", type=float, default=0.25, help="fraction of labeled training images, in (0, 1]"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the labeled/unlabeled split")
-    parser.add_argument("--val_fraction", type=float, default=0.2, help="hold-out fraction when there is no validation set")
+    parser.add_argument(
+        "--val_fraction", type=float, default=0.2, help="hold-out fraction when there is no validation set"
+    )
     parser.add_argument("--channels", type=int, default=None, choices=(1, 3), help="convert images to 1 or 3 channels")
     parser.add_argument("--no_check", action="store_true", help="skip the per-file checks")
     args = parser.parse_args(argv)
     try:
         result = prepare_datalist(
-            args.dataset_dir, args.output_dir, args.labeled_ratio, args.seed, args.val_fraction,
-            check=not args.no_check, channels=args.channels,
+            args.dataset_dir,
+            args.output_dir,
+            args.labeled_ratio,
+            args.seed,
+            args.val_fraction,
+            check=not args.no_check,
+            channels=args.channels,
         )
     except DuSSSError as e:
         print(str(e), file=sys.stderr)

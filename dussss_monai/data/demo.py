@@ -211,7 +211,12 @@ def render_sample(rng: np.random.Generator, size: int = 128) -> DemoSample:
 
 
 def _params(n_train: int, n_val: int, n_test: int, image_size: int, seed: int) -> dict[str, int]:
-    for name, v, low in (("n_train", n_train, 1), ("n_val", n_val, 0), ("n_test", n_test, 0), ("image_size", image_size, 32)):
+    for name, v, low in (
+        ("n_train", n_train, 1),
+        ("n_val", n_val, 0),
+        ("n_test", n_test, 0),
+        ("image_size", image_size, 32),
+    ):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -326,7 +331,9 @@ def generate_demo_dataset(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 on a configuration or write problem)."""
-    parser = argparse.ArgumentParser(prog="python -m dussss_monai.data.demo", description="Generate the synthetic QaTa-like demo dataset.")
+    parser = argparse.ArgumentParser(
+        prog="python -m dussss_monai.data.demo", description="Generate the synthetic QaTa-like demo dataset."
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--n_train", type=int, default=160)
     parser.add_argument("--n_val", type=int, default=40)
@@ -339,7 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DuSSSError as e:
         print(str(e), file=sys.stderr)
         return 2
-    print(f"demo dataset ready in {out} ({args.n_train} train, {args.n_val} val, {args.n_test} test, {args.image_size} px)")
+    print(
+        f"demo dataset ready in {out} ({args.n_train} train, {args.n_val} val, {args.n_test} test, {args.image_size} px)"
+    )
     return 0
 
 

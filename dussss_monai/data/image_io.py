@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -101,7 +101,9 @@ def _check_file(path: PathLike) -> str:
             raise ValueError("NUL")
         os.fsencode(str(p))
     except (ValueError, UnicodeError) as e:
-        raise _fail(repr(str(p)), "invalid file path (contains a NUL byte or characters the file system cannot encode)") from e
+        raise _fail(
+            repr(str(p)), "invalid file path (contains a NUL byte or characters the file system cannot encode)"
+        ) from e
     ext = file_extension(p)
     if ext not in SUPPORTED_EXTENSIONS:
         what = f"unsupported file type '{ext}'" if ext else "no file extension, so unsupported file type"
@@ -120,7 +122,8 @@ def _check_size(path: PathLike, height: int, width: int) -> None:
         raise _fail(path, f"image is too small ({width}x{height} pixels; at least {MIN_SIZE} a side is required)")
     if height > MAX_SIZE or width > MAX_SIZE:
         raise _fail(
-            path, f"image is too large ({width}x{height} pixels; at most {MAX_SIZE} a side is accepted: tile or downsample it)"
+            path,
+            f"image is too large ({width}x{height} pixels; at most {MAX_SIZE} a side is accepted: tile or downsample it)",
         )
 
 
@@ -162,7 +165,7 @@ def _load_nifti(path: PathLike, header_only: bool) -> tuple[tuple[int, ...], np.
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = cast(nib.Nifti1Image, nib.load(str(path)))  # NIFTI_EXTENSIONS: NIfTI-1 or -2 images
         shape = tuple(int(s) for s in img.shape)
         dtype = img.get_data_dtype()
         data = None if header_only else np.asarray(img.dataobj)
@@ -177,7 +180,9 @@ def _nifti_2d_shape(path: PathLike, shape: tuple[int, ...]) -> tuple[int, ...]:
     if len(kept) == 2 or (len(kept) == 3 and kept[-1] == 3):
         return kept
     if len(kept) < 2:
-        raise _fail(path, f"NIfTI image of shape {shape} is not a 2D image (at least 2 dimensions larger than 1 are needed)")
+        raise _fail(
+            path, f"NIfTI image of shape {shape} is not a 2D image (at least 2 dimensions larger than 1 are needed)"
+        )
     raise _fail(
         path,
         f"NIfTI image of shape {shape} is not a 2D slice: give one 2D slice per file "
@@ -259,9 +264,12 @@ def _decode(path: PathLike) -> np.ndarray:
         kept = _nifti_2d_shape(path, shape)
         assert data is not None
         if data.dtype.fields is not None:  # NIfTI RGB24 structured dtype
-            data = np.stack([data[n] for n in data.dtype.names[:3]], axis=-1)
+            names = data.dtype.names
+            assert names is not None  # a structured dtype (fields is not None) has names
+            data = np.stack([data[n] for n in names[:3]], axis=-1)
             kept = kept + (3,)
-        arr = np.asarray(data).reshape(kept)
+        # (annotated: numpy's stubs type reshape to a tuple[int, ...] shape as 0-d)
+        arr: np.ndarray = np.asarray(data).reshape(kept)
         arr = np.swapaxes(arr, 0, 1)  # data[i, j] -> row j, column i
         _check_size(path, arr.shape[0], arr.shape[1])
         if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:

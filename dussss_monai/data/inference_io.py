@@ -57,8 +57,10 @@ def list_images(path: str | os.PathLike, split: str = "test", recursive: bool = 
     """
     p = Path(path)
     if not p.exists():
-        raise DatasetError([f"{p}: input path does not exist (give a folder of images, an image file or a datalist .json/.csv)"],
-                           header="no images to segment")
+        raise DatasetError(
+            [f"{p}: input path does not exist (give a folder of images, an image file or a datalist .json/.csv)"],
+            header="no images to segment",
+        )
     if p.is_dir():
         files = p.rglob("*") if recursive else p.iterdir()
         images = sorted(
@@ -81,7 +83,9 @@ def list_images(path: str | os.PathLike, split: str = "test", recursive: bool = 
         if not items:
             filled = [s for s in SPLITS if datalist.get(s)]
             raise DatasetError(
-                [f"{p}: section '{split}' is empty (sections with items: {', '.join(filled) or 'none'}); choose one with split=..."],
+                [
+                    f"{p}: section '{split}' is empty (sections with items: {', '.join(filled) or 'none'}); choose one with split=..."
+                ],
                 header="no images to segment",
             )
         out = []
@@ -95,7 +99,9 @@ def list_images(path: str | os.PathLike, split: str = "test", recursive: bool = 
     if is_supported_image(p):
         return [_item(p)]
     raise DatasetError(
-        [f"{p}: unsupported input (give a folder, an image file ({', '.join(SUPPORTED_EXTENSIONS)}) or a datalist .json/.csv)"],
+        [
+            f"{p}: unsupported input (give a folder, an image file ({', '.join(SUPPORTED_EXTENSIONS)}) or a datalist .json/.csv)"
+        ],
         header="no images to segment",
     )
 
@@ -142,7 +148,9 @@ class RecordOriginald(MapTransform):
         ConfigError: more than one key, or a value that is not a path.
     """
 
-    def __init__(self, keys: KeysCollection = "image", path_key: str = "image_path", size_key: str = "orig_size") -> None:
+    def __init__(
+        self, keys: KeysCollection = "image", path_key: str = "image_path", size_key: str = "orig_size"
+    ) -> None:
         super().__init__(keys)
         if len(self.keys) != 1:
             raise ConfigError(f"RecordOriginald takes one image key, got {self.keys}")

@@ -89,19 +89,25 @@ def read_text_table(path: str | os.PathLike) -> tuple[list[tuple[int, str, str]]
         except csv.Error as e:
             raise DatasetError([f"{p}: malformed CSV ({e})"], header=f"cannot read {p.name}") from e
     else:
-        raise DatasetError([f"{p}: unsupported text file type '{ext}' (use .xlsx or .csv)"], header=f"cannot read {p.name}")
+        raise DatasetError(
+            [f"{p}: unsupported text file type '{ext}' (use .xlsx or .csv)"], header=f"cannot read {p.name}"
+        )
 
     header_at = next((k for k, (_, r) in enumerate(raw_rows) if any(_cell_key(c) for c in r)), None)
     if header_at is None:
-        raise DatasetError([f"{p}: no rows (expected a header with columns Image, Description)"], header=f"cannot read {p.name}")
+        raise DatasetError(
+            [f"{p}: no rows (expected a header with columns Image, Description)"], header=f"cannot read {p.name}"
+        )
     header = [(_cell_key(c) or "").lower() for c in raw_rows[header_at][1]]
     key_col = next((header.index(c) for c in _KEY_COLUMNS if c in header), None)
     text_col = next((header.index(c) for c in _TEXT_COLUMNS if c in header), None)
     if key_col is None or text_col is None:
         found = ", ".join(repr(_cell_key(c)) for c in raw_rows[header_at][1] if _cell_key(c)) or "none"
         raise DatasetError(
-            [f"{p}: missing column(s) {' and '.join(n for n, c in (('Image', key_col), ('Description', text_col)) if c is None)} "
-             f"in the header row {raw_rows[header_at][0]} (found {found})"],
+            [
+                f"{p}: missing column(s) {' and '.join(n for n, c in (('Image', key_col), ('Description', text_col)) if c is None)} "
+                f"in the header row {raw_rows[header_at][0]} (found {found})"
+            ],
             header=f"cannot read {p.name}",
         )
     rows: list[tuple[int, str, str]] = []
@@ -119,7 +125,11 @@ def read_text_table(path: str | os.PathLike) -> tuple[list[tuple[int, str, str]]
             problems.append(f"{p}: row {row_no} (image '{key}'): empty Description cell; every image needs a text")
             continue
         if not isinstance(text_cell, str):
-            kind = "number" if isinstance(text_cell, (int, float)) and not isinstance(text_cell, bool) else type(text_cell).__name__
+            kind = (
+                "number"
+                if isinstance(text_cell, (int, float)) and not isinstance(text_cell, bool)
+                else type(text_cell).__name__
+            )
             problems.append(f"{p}: row {row_no} (image '{key}'): Description is not text ({kind} {text_cell!r})")
             continue
         rows.append((row_no, key, text_cell.strip()))
@@ -132,8 +142,12 @@ def _xlsx_rows(p: Path) -> list[tuple[int, list[Any]]]:
     try:
         wb = openpyxl.load_workbook(p, read_only=True, data_only=True)
     except Exception as e:  # InvalidFileException, BadZipFile, KeyError, XML errors ...
-        raise DatasetError([f"{p}: unreadable spreadsheet, not a valid .xlsx file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"],
-                           header=f"cannot read {p.name}") from e
+        raise DatasetError(
+            [
+                f"{p}: unreadable spreadsheet, not a valid .xlsx file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ],
+            header=f"cannot read {p.name}",
+        ) from e
     try:
         ws = wb.worksheets[0] if wb.worksheets else None
         if ws is None:
@@ -142,8 +156,10 @@ def _xlsx_rows(p: Path) -> list[tuple[int, list[Any]]]:
     except DatasetError:
         raise
     except Exception as e:
-        raise DatasetError([f"{p}: unreadable spreadsheet ({str(e).splitlines()[0] if str(e) else type(e).__name__})"],
-                           header=f"cannot read {p.name}") from e
+        raise DatasetError(
+            [f"{p}: unreadable spreadsheet ({str(e).splitlines()[0] if str(e) else type(e).__name__})"],
+            header=f"cannot read {p.name}",
+        ) from e
     finally:
         wb.close()
 
@@ -164,7 +180,9 @@ def _list_files(folder: Path, problems: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for stem, files in by_stem.items():
         if len(files) > 1:
-            problems.append(f"{folder}: duplicate name '{stem}': {', '.join(f.name for f in files)} (keep one file per name)")
+            problems.append(
+                f"{folder}: duplicate name '{stem}': {', '.join(f.name for f in files)} (keep one file per name)"
+            )
         out[stem] = files[0]
     return out
 
@@ -174,10 +192,18 @@ def _find_text_file(folder: Path, split_folder: str, problems: list[str]) -> Pat
     preferred = [folder / f"{prefix}_text{e}" for e in (".xlsx", ".csv")]
     found = [f for f in preferred if f.is_file()]
     if not found:
-        found = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in (".xlsx", ".csv") and "text" in f.name.lower()
-                       and not f.name.startswith((".", "~$")))
+        found = sorted(
+            f
+            for f in folder.iterdir()
+            if f.is_file()
+            and f.suffix.lower() in (".xlsx", ".csv")
+            and "text" in f.name.lower()
+            and not f.name.startswith((".", "~$"))
+        )
     if not found:
-        problems.append(f"{folder}: no text file (expected {prefix}_text.xlsx or {prefix}_text.csv with columns Image, Description)")
+        problems.append(
+            f"{folder}: no text file (expected {prefix}_text.xlsx or {prefix}_text.csv with columns Image, Description)"
+        )
         return None
     if len(found) > 1:
         problems.append(f"{folder}: several text files ({', '.join(f.name for f in found)}); keep one")
@@ -189,7 +215,9 @@ def _read_split(folder: Path, problems: list[str]) -> list[dict[str, str]]:
     img_dir, mask_dir = folder / _IMAGE_DIR, folder / _MASK_DIR
     for d in (img_dir, mask_dir):
         if not d.is_dir():
-            problems.append(f"{folder}: no {d.name}/ folder (LViT layout: {folder.name}/img/ and {folder.name}/labelcol/)")
+            problems.append(
+                f"{folder}: no {d.name}/ folder (LViT layout: {folder.name}/img/ and {folder.name}/labelcol/)"
+            )
     text_file = _find_text_file(folder, folder.name, problems)
     if not img_dir.is_dir() or not mask_dir.is_dir():
         return []
@@ -204,6 +232,7 @@ def _read_split(folder: Path, problems: list[str]) -> list[dict[str, str]]:
         except DatasetError as e:
             problems += e.problems
             text_file = None
+    row: tuple[int, str, str] | None
     by_key: dict[str, list[tuple[int, str, str]]] = {}
     for row in rows:
         by_key.setdefault(row[1], []).append(row)
@@ -220,25 +249,33 @@ def _read_split(folder: Path, problems: list[str]) -> list[dict[str, str]]:
     for stem, image in sorted(images.items()):
         mask = masks.get(_MASK_PREFIX + stem) or masks.get(stem)
         if mask is None:
-            problems.append(f"{image}: image without mask (expected {mask_dir.name}/{stem}.png or {mask_dir.name}/{_MASK_PREFIX}{stem}.png)")
+            problems.append(
+                f"{image}: image without mask (expected {mask_dir.name}/{stem}.png or {mask_dir.name}/{_MASK_PREFIX}{stem}.png)"
+            )
         else:
             used_masks.add(_stem(mask.name))
         row = None
         if text_file is not None:
             row = _match_row(_candidates(image, mask), by_key, by_stem, text_file, problems)
             if row is None:
-                problems.append(f"{image}: image without a text row in {text_file.name} "
-                                f"(looked for '{mask.name if mask else image.name}' in column Image)")
+                problems.append(
+                    f"{image}: image without a text row in {text_file.name} "
+                    f"(looked for '{mask.name if mask else image.name}' in column Image)"
+                )
             else:
                 used_rows.add(row[0])
         if mask is not None and row is not None:
-            items.append({"image": str(image.resolve()), "label": str(mask.resolve()), "text": row[2], "name": image.name})
+            items.append(
+                {"image": str(image.resolve()), "label": str(mask.resolve()), "text": row[2], "name": image.name}
+            )
     for stem, mask in sorted(masks.items()):
         if stem not in used_masks:
             problems.append(f"{mask}: mask without image (no {img_dir.name}/{stem.removeprefix(_MASK_PREFIX)}.* found)")
     for row_no, key, _ in rows:
         if row_no not in used_rows and len(by_key.get(key, [])) <= 1:
-            problems.append(f"{text_file}: row {row_no}: text row for a missing image '{key}' (no such image or mask in {folder.name}/)")
+            problems.append(
+                f"{text_file}: row {row_no}: text row for a missing image '{key}' (no such image or mask in {folder.name}/)"
+            )
     return items
 
 
@@ -261,8 +298,10 @@ def _match_row(
     for n in names:
         hits = by_stem.get(_stem(n), [])
         if len(hits) > 1 and len({r[1] for r in hits}) > 1:
-            problems.append(f"{text_file}: several text rows match '{n}' (rows {', '.join(str(r[0]) for r in hits)}: "
-                            f"{', '.join(repr(r[1]) for r in hits)})")
+            problems.append(
+                f"{text_file}: several text rows match '{n}' (rows {', '.join(str(r[0]) for r in hits)}: "
+                f"{', '.join(repr(r[1]) for r in hits)})"
+            )
         if hits:
             return hits[0]
     return None
@@ -294,8 +333,10 @@ def read_lvit_dataset(
         raise DatasetError([f"{root}: dataset folder does not exist"], header="cannot read dataset")
     if not is_lvit_dataset(root):
         raise DatasetError(
-            [f"{root}: not an LViT dataset folder: no {LVIT_FOLDERS['training']}/ inside "
-             "(expected Train_Folder/{img,labelcol}/ and Train_Folder/Train_text.xlsx)"],
+            [
+                f"{root}: not an LViT dataset folder: no {LVIT_FOLDERS['training']}/ inside "
+                "(expected Train_Folder/{img,labelcol}/ and Train_Folder/Train_text.xlsx)"
+            ],
             header="cannot read dataset",
         )
     problems: list[str] = []

@@ -19,7 +19,8 @@ passed to the call; the global random state is never used.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -102,7 +103,9 @@ class TextAugmenter:
         self.word_dropout = float(word_dropout)
         self.clause_shuffle = bool(clause_shuffle)
         self.synonym_prob = float(synonym_prob)
-        self.droppable_words = frozenset(w.lower() for w in (DEFAULT_DROPPABLE_WORDS if droppable_words is None else droppable_words))
+        self.droppable_words = frozenset(
+            w.lower() for w in (DEFAULT_DROPPABLE_WORDS if droppable_words is None else droppable_words)
+        )
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, texts: Sequence[str] | str, rng: np.random.Generator | None = None) -> list[str]:
@@ -134,7 +137,9 @@ class TextAugmenter:
         end = stripped[-1] if stripped[-1] in ".!?" else ""
         body = stripped[: len(stripped) - len(end)] if end else stripped
         for pattern, alts in self._patterns:
-            body = pattern.sub(lambda m: self._synonym(m, alts, rng), body)
+            # (cast: mypy cannot infer a lambda with a default argument)
+            repl = cast(Callable[[re.Match[str]], str], lambda m, alts=alts: self._synonym(m, alts, rng))
+            body = pattern.sub(repl, body)
         clauses = [c.strip() for c in body.split(",") if c.strip()]
         if self.clause_shuffle and len(clauses) > 1:
             was_capital = clauses[0][:1].isupper()
@@ -156,7 +161,11 @@ class TextAugmenter:
 
     def _drop_words(self, clause: str, rng: np.random.Generator) -> str:
         words = clause.split()
-        keep = [w for w in words if not (w.lower().strip(".;:") in self.droppable_words and rng.random() < self.word_dropout)]
+        keep = [
+            w
+            for w in words
+            if not (w.lower().strip(".;:") in self.droppable_words and rng.random() < self.word_dropout)
+        ]
         if not keep:  # never empty a clause: keep its first word
             keep = words[:1]
         out = " ".join(keep)

@@ -17,8 +17,8 @@ Two ways to bring an image to the network (``patch_size``):
 - ``patch_size=P``: training takes random ``P x P`` crops at the image's native resolution (padded
   first when an image is smaller than ``P``); validation and inference keep the native resolution and
   are meant to run with a sliding-window inferer of ``P x P`` windows
-  (:func:`dussss_monai.bundle_support.make_inferer`). Resizing 1000-pixel H&E tiles to 224 leaves nuclei
-  a few pixels wide; native-resolution patches keep them (method.md, "Training set-up reported").
+  (:func:`dussss_monai.bundle.make_inferer`). Resizing 1000-pixel H&E tiles to 224 leaves nuclei
+  a few pixels wide; native-resolution patches keep them (``docs/method.md``, "What the paper leaves open, and what we chose").
 
 Sentences describe the whole image ("the nuclei density in the upper right is high"), not a patch. With
 ``grounding_context=True`` (DuSSS in patch mode) the training pipelines therefore also keep the whole
@@ -36,8 +36,8 @@ where the text's spatial words must stay true (e.g. the text-guided decoder on Q
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -52,10 +52,10 @@ from monai.transforms import (
     RandAdjustContrastd,
     RandFlipd,
     RandGaussianNoised,
+    Randomizable,
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
-    Randomizable,
     SpatialPadd,
 )
 
@@ -97,8 +97,9 @@ class DataPipeline(Compose):
     print its one-line message instead of a stack trace.
     """
 
-    def __call__(self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False,
-                 lazy: bool | None = None) -> Any:
+    def __call__(
+        self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False, lazy: bool | None = None
+    ) -> Any:
         try:
             return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
         except RuntimeError as e:
@@ -138,7 +139,7 @@ class LoadImage2Dd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.mask_keys = {mask_keys} if isinstance(mask_keys, str) else set(mask_keys)
+        self.mask_keys = {mask_keys} if isinstance(mask_keys, str) else set(cast(Collection[Hashable], mask_keys))
         if channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1, 3 or None, got {channels!r}")
         self.channels = channels
@@ -182,7 +183,7 @@ class Resize2Dd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.spatial_size = _size_pair(spatial_size)
-        self.mask_keys = {mask_keys} if isinstance(mask_keys, str) else set(mask_keys)
+        self.mask_keys = {mask_keys} if isinstance(mask_keys, str) else set(cast(Collection[Hashable], mask_keys))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -194,7 +195,9 @@ class Resize2Dd(MapTransform):
             if key in self.mask_keys:
                 y = F.interpolate(x[None], size=self.spatial_size, mode="nearest-exact")[0]
             else:
-                y = F.interpolate(x[None], size=self.spatial_size, mode="bilinear", align_corners=False, antialias=True)[0]
+                y = F.interpolate(
+                    x[None], size=self.spatial_size, mode="bilinear", align_corners=False, antialias=True
+                )[0]
                 y = y.clamp_(0.0, 1.0)
             d[key] = y
         return d
@@ -203,7 +206,9 @@ class Resize2Dd(MapTransform):
 class ClipIntensityd(MapTransform):
     """Clip values to ``[low, high]`` (keeps images in ``[0, 1]`` after intensity jitter)."""
 
-    def __init__(self, keys: KeysCollection, low: float = 0.0, high: float = 1.0, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, low: float = 0.0, high: float = 1.0, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.low, self.high = float(low), float(high)
 
@@ -217,7 +222,9 @@ class ClipIntensityd(MapTransform):
 class BinarizeMaskd(MapTransform):
     """Map mask values to ``{0, 1}`` with ``> threshold`` (a safety net after spatial transforms)."""
 
-    def __init__(self, keys: KeysCollection = ("label",), threshold: float = 0.5, allow_missing_keys: bool = True) -> None:
+    def __init__(
+        self, keys: KeysCollection = ("label",), threshold: float = 0.5, allow_missing_keys: bool = True
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.threshold = float(threshold)
 
@@ -253,15 +260,25 @@ def spatial_augmentations(
     modes = ["nearest" if k in mask_keys else "bilinear" for k in keys]
     out: list[MapTransform] = []
     if flip:
-        out += [RandFlipd(keys, prob=prob, spatial_axis=1, allow_missing_keys=True),
-                RandFlipd(keys, prob=prob, spatial_axis=0, allow_missing_keys=True)]
+        out += [
+            RandFlipd(keys, prob=prob, spatial_axis=1, allow_missing_keys=True),
+            RandFlipd(keys, prob=prob, spatial_axis=0, allow_missing_keys=True),
+        ]
     if rotate90:
         out.append(RandRotate90d(keys, prob=prob, max_k=3, allow_missing_keys=True))
     if rotate_degrees:
         r = math.radians(float(rotate_degrees))
         out.append(
-            RandRotated(keys, range_x=r, prob=prob, keep_size=True, mode=modes, padding_mode="zeros",
-                        align_corners=False, allow_missing_keys=True)
+            RandRotated(
+                keys,
+                range_x=r,
+                prob=prob,
+                keep_size=True,
+                mode=modes,
+                padding_mode="zeros",
+                align_corners=False,
+                allow_missing_keys=True,
+            )
         )
     return out
 
@@ -294,8 +311,13 @@ class RandCropWithBoxd(Randomizable, MapTransform):
         DuSSSError: when the image is smaller than ``roi_size``.
     """
 
-    def __init__(self, keys: KeysCollection, roi_size: int | Sequence[int], box_key: str = CROP_BOX_KEY,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        roi_size: int | Sequence[int],
+        box_key: str = CROP_BOX_KEY,
+        allow_missing_keys: bool = False,
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         self.roi_size = _size_pair(roi_size)
         self.box_key = box_key
@@ -314,7 +336,9 @@ class RandCropWithBoxd(Randomizable, MapTransform):
         h, w = (int(v) for v in d[keys[0]].shape[-2:])
         rh, rw = self.roi_size
         if h < rh or w < rw:
-            raise DuSSSError(f"RandCropWithBoxd: image of size {(h, w)} is smaller than the patch {self.roi_size}; pad it first")
+            raise DuSSSError(
+                f"RandCropWithBoxd: image of size {(h, w)} is smaller than the patch {self.roi_size}; pad it first"
+            )
         self.randomize((h, w))
         y0, x0 = self._origin
         for key in keys:
@@ -352,15 +376,23 @@ def to_network_size(
     keys = list(keys)
     if patch_size is not None:
         roi = _size_pair(patch_size)
-        xforms: list[MapTransform] = [SpatialPadd(keys, spatial_size=roi, mode="constant", allow_missing_keys=allow_missing_keys)]
+        xforms: list[MapTransform] = [
+            SpatialPadd(keys, spatial_size=roi, mode="constant", allow_missing_keys=allow_missing_keys)
+        ]
         if grounding_context:
             masks = [k for k in keys if k in mask_keys][:1]
             ctx = [CONTEXT_IMAGE_KEY] + ([CONTEXT_LABEL_KEY] if masks else [])
-            xforms += [CopyItemsd(keys[:1] + masks, times=1, names=ctx), Resize2Dd(ctx, image_size, mask_keys=ctx[1:])]
+            # (cast: image_size is required here; None fails in Resize2Dd's _size_pair)
+            resize_to = cast("int | Sequence[int]", image_size)
+            xforms += [CopyItemsd(keys[:1] + masks, times=1, names=ctx), Resize2Dd(ctx, resize_to, mask_keys=ctx[1:])]
         return xforms + [RandCropWithBoxd(keys, roi, allow_missing_keys=allow_missing_keys)]
     if image_size is None:
         return []
-    return [Resize2Dd(keys, image_size, mask_keys=[k for k in keys if k in mask_keys], allow_missing_keys=allow_missing_keys)]
+    return [
+        Resize2Dd(
+            keys, image_size, mask_keys=[k for k in keys if k in mask_keys], allow_missing_keys=allow_missing_keys
+        )
+    ]
 
 
 def train_transforms(
@@ -417,7 +449,9 @@ def eval_transforms(
     return DataPipeline(
         [
             LoadImage2Dd(keys, mask_keys=masks, channels=channels, allow_missing_keys=True),
-            *to_network_size(keys, None if patch_size is not None else image_size, None, masks, allow_missing_keys=True),
+            *to_network_size(
+                keys, None if patch_size is not None else image_size, None, masks, allow_missing_keys=True
+            ),
         ]
         + _finish(keys)
     )

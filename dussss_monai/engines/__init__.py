@@ -1,11 +1,28 @@
-"""Engines: EMA updates, the stage-1 VLM pre-trainer and evaluator, the stage-2 semi-supervised trainer."""
+"""Engines: EMA updates, the stage-1 VLM pre-trainer and evaluator, the stage-2 trainers.
 
-from dussss_monai.engines.ema import ema_decay
-from dussss_monai.engines.ema import ema_update
-from dussss_monai.engines.vlm_pretrainer import VLMEvaluator
-from dussss_monai.engines.vlm_pretrainer import VLMPretrainer
-from dussss_monai.engines.schedules import ConsistencyWeight
-from dussss_monai.engines.schedules import sigmoid_rampup
-from dussss_monai.engines.semi_supervised_trainer import METHODS
-from dussss_monai.engines.semi_supervised_trainer import SemiSupervisedTrainer
-from dussss_monai.engines.semi_supervised_trainer import default_epoch_length
+Stage 2 is a family of MONAI trainers: supervised training is MONAI's ``SupervisedTrainer``;
+:class:`MeanTeacherTrainer` adds the unlabeled stream, the EMA teacher and the consistency term;
+:class:`DuSSSTrainer` overrides its pseudo-label hook with the VLM refiner and trains f_g.
+"""
+
+from dussss_monai.engines.dussss_trainer import DuSSSTrainer
+from dussss_monai.engines.ema import ema_decay, ema_update
+from dussss_monai.engines.mean_teacher_trainer import LabeledBatch, MeanTeacherTrainer, StudentView, UnlabeledBatch
+from dussss_monai.engines.schedules import ConsistencyWeight, sigmoid_rampup
+from dussss_monai.engines.unlabeled_stream import UnlabeledStream
+from dussss_monai.engines.vlm_pretrainer import VLMEvaluator, VLMPretrainer
+
+__all__ = [
+    "ConsistencyWeight",
+    "DuSSSTrainer",
+    "LabeledBatch",
+    "MeanTeacherTrainer",
+    "StudentView",
+    "UnlabeledBatch",
+    "UnlabeledStream",
+    "VLMEvaluator",
+    "VLMPretrainer",
+    "ema_decay",
+    "ema_update",
+    "sigmoid_rampup",
+]

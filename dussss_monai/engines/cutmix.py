@@ -100,4 +100,6 @@ def draw_cutmix(
     order = torch.randperm(batch_size, generator=generator)
     partner = torch.empty(batch_size, dtype=torch.long)
     partner[order] = torch.roll(order, -1)
-    return BatchCutMix(mask.to(device) if device is not None else mask, partner.to(device) if device is not None else partner)
+    return BatchCutMix(
+        mask.to(device) if device is not None else mask, partner.to(device) if device is not None else partner
+    )

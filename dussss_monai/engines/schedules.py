@@ -1,4 +1,4 @@
-"""Ramp-up of the consistency weight ``w(t)`` in ``total = L_sup + w(t) * L_semi`` (method.md, Stage 2).
+"""Ramp-up of the consistency weight ``w(t)`` in ``total = L_sup + w(t) * L_semi`` (``docs/method.md``, "Pseudo labels and losses").
 
 The paper states no weight and no ramp-up. We use the sigmoid-shaped ramp-up of Laine & Aila (temporal
 ensembling, ICLR 2017), also used by Tarvainen & Valpola's mean teacher: ``exp(-5 (1 - t)^2)`` with

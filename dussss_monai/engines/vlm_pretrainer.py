@@ -1,7 +1,7 @@
 """Stage-1 engines: the VLM pre-trainer (DCL + SSS) and the retrieval evaluator used for model selection.
 
 :class:`VLMPretrainer` is a :class:`monai.engines.SupervisedTrainer` whose iteration implements DuSSS
-stage 1 (``docs/method.md``): online and momentum features of the image, its second augmented view, the
+stage 1 (``docs/method.md``, "Dual Contrastive Learning (DCL)"): online and momentum features of the image, its second augmented view, the
 text and an augmented text; :class:`~dussss_monai.losses.DualContrastiveLoss`; backward; optimiser step;
 then the momentum update of the VLM. Everything else (handlers, events, checkpointing, ``run()``) is MONAI's,
 so bundle configs use the usual ``StatsHandler``, ``TensorBoardStatsHandler``, ``CheckpointSaver`` and
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from ignite.metrics import Metric
@@ -173,13 +173,15 @@ class VLMPretrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         device = engine.state.device
-        net = engine.network
+        net = cast(DuSSSVisionLanguageModel, engine.network)  # checked for the VLM interface in __init__
         image = _image_of(batchdata, engine.image_key, device, engine.non_blocking)
         texts = _texts_of(batchdata, engine.text_key, image.shape[0])
         intra = getattr(engine.loss_function, "intra_modal", True)
         image_aug = _image_of(batchdata, engine.image_aug_key, device, engine.non_blocking) if intra else None
         if image_aug is not None and image_aug.shape != image.shape:
-            raise ConfigError(f"{engine.image_aug_key!r} {tuple(image_aug.shape)} differs in shape from {engine.image_key!r} {tuple(image.shape)}")
+            raise ConfigError(
+                f"{engine.image_aug_key!r} {tuple(image_aug.shape)} differs in shape from {engine.image_key!r} {tuple(image.shape)}"
+            )
         texts_aug = list(engine.text_augmenter(texts)) if intra else None
 
         engine.state.output = {Keys.IMAGE: image}
@@ -196,7 +198,13 @@ class VLMPretrainer(SupervisedTrainer):
                 txt_aug_m = net.encode_text(texts_aug, momentum=True) if texts_aug is not None else None
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             loss, parts = engine.loss_function(
-                img, img_m, img_aug_m, txt, txt_m, txt_aug_m, net.temperature,
+                img,
+                img_m,
+                img_aug_m,
+                txt,
+                txt_m,
+                txt_aug_m,
+                net.temperature,
                 texts=texts if engine.use_duplicate_texts else None,
             )
         engine.state.output[Keys.LOSS] = loss
@@ -267,7 +275,8 @@ class VLMEvaluator(SupervisedEvaluator):
         if metric_cmp_fn is not None:
             kwargs["metric_cmp_fn"] = metric_cmp_fn
         super().__init__(
-            device=device,
+            # SupervisedEvaluator annotates torch.device, but passes it on to Evaluator, which takes str too
+            device=cast(torch.device, device),
             val_data_loader=val_data_loader,
             network=network,
             epoch_length=epoch_length,
@@ -293,9 +302,10 @@ class VLMEvaluator(SupervisedEvaluator):
         image = _image_of(batchdata, engine.image_key, engine.state.device, engine.non_blocking)
         texts = _texts_of(batchdata, engine.text_key, image.shape[0])
         autocast = torch.autocast("cuda", **engine.amp_kwargs) if engine.amp else contextlib.nullcontext()
+        net = cast(DuSSSVisionLanguageModel, engine.network)
         with engine.mode(engine.network), torch.no_grad(), autocast:
-            img = engine.network.encode_image(image, momentum=engine.use_momentum)
-            txt = engine.network.encode_text(texts, momentum=engine.use_momentum)
+            img = net.encode_image(image, momentum=engine.use_momentum)
+            txt = net.encode_text(texts, momentum=engine.use_momentum)
         engine.state.output = {"image_embed": img.embed.detach(), "text_embed": txt.embed.detach(), "text": texts}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -120,9 +120,7 @@ class SafeCheckpointLoader:
             checkpoint = {first: checkpoint}  # a bare state dict for a single object, as MONAI accepts
         missing = [k for k in self.load_dict if k not in checkpoint]
         if missing:
-            raise CheckpointError(
-                f"checkpoint {self.load_path} lacks {missing}; it holds {sorted(checkpoint)}"
-            )
+            raise CheckpointError(f"checkpoint {self.load_path} lacks {missing}; it holds {sorted(checkpoint)}")
         prior_max_epochs = engine.state.max_epochs if engine is not None else None
         try:
             Checkpoint.load_objects(to_load=self.load_dict, checkpoint=dict(checkpoint), strict=self.strict)

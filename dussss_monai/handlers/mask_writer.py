@@ -30,7 +30,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -173,7 +173,7 @@ class MaskWriter:
         data = np.ascontiguousarray(mask.T.astype(np.uint8))  # row j, column i -> data[i, j]
         affine = np.eye(4)
         if reference is not None:
-            ref = nib.load(reference)
+            ref = cast(nib.Nifti1Image, nib.load(reference))  # a .nii / .nii.gz reference (NIfTI-1 or -2)
             affine = ref.affine
             if int(np.prod(ref.shape)) == data.size:
                 data = data.reshape(ref.shape)  # restore singleton dimensions, same order

@@ -4,8 +4,8 @@ MONAI's trainers fire ``IterationEvents.LOSS_COMPLETED`` after the loss is compu
 ``backward()`` / ``optimizer.step()``. :class:`NonFiniteLossGuard` checks the loss there and raises
 :class:`~dussss_monai.errors.DuSSSError` naming the iteration, so the weights are never updated with NaN/Inf
 gradients and no later validation (hence no "best model" checkpoint) runs on broken weights.
-:class:`~dussss_monai.engines.semi_supervised_trainer.SemiSupervisedTrainer` performs the same check itself;
-this handler brings it to any MONAI ``SupervisedTrainer`` (e.g. the stage-1 pre-trainer).
+:class:`~dussss_monai.engines.MeanTeacherTrainer` checks every loss term itself; this handler brings the check of
+the total loss to any MONAI ``SupervisedTrainer`` (the bundles' supervised baseline, the stage-1 pre-trainer).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def check_finite_losses(losses: Mapping[str, Any], iteration: int, epoch: int | 
     bad = {k: v for k, v in losses.items() if v is not None and not _is_finite(v)}
     if bad:
         where = f"iteration {iteration}" + (f" (epoch {epoch})" if epoch is not None else "")
-        terms = ", ".join(f"{k}={float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else v}" for k, v in bad.items())
+        terms = ", ".join(
+            f"{k}={float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else v}" for k, v in bad.items()
+        )
         raise DuSSSError(
             f"non-finite loss at {where}: {terms}; training stopped before the optimiser step, so the weights "
             "are those of the previous iteration (lower the learning rate, check the data, or disable amp)"

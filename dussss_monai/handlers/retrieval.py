@@ -120,6 +120,9 @@ class RetrievalRecall(Metric):
             or an empty epoch.
     """
 
+    #: set in ``__init__`` (ignite's ``Metric`` declares it ``tuple | None``)
+    required_output_keys: tuple[str, str, str]
+
     def __init__(
         self,
         k: int = 1,
@@ -163,7 +166,9 @@ class RetrievalRecall(Metric):
                 txt = torch.stack([torch.as_tensor(o[self.text_embed_key]) for o in items])
                 texts = [o[self.text_key] for o in items]
             except (KeyError, TypeError) as e:
-                raise ConfigError(f"RetrievalRecall needs items with keys {self.image_key!r}, {self.text_embed_key!r}, {self.text_key!r}") from e
+                raise ConfigError(
+                    f"RetrievalRecall needs items with keys {self.image_key!r}, {self.text_embed_key!r}, {self.text_key!r}"
+                ) from e
         elif isinstance(output, Mapping):
             missing = [k for k in (self.image_key, self.text_embed_key, self.text_key) if k not in output]
             if missing:

@@ -84,7 +84,9 @@ def binarize(pred: Any, threshold: float = 0.5, logits: bool = False, name: str 
     arr = _to_numpy(pred)
     if arr.ndim == 3:
         if arr.shape[0] != 1:
-            raise ConfigError(f"{name or 'prediction'}: expected a one-channel prediction, got shape {tuple(arr.shape)}")
+            raise ConfigError(
+                f"{name or 'prediction'}: expected a one-channel prediction, got shape {tuple(arr.shape)}"
+            )
         arr = arr[0]
     if arr.ndim != 2:
         raise ConfigError(f"{name or 'prediction'}: expected a 2D prediction (1, H, W), got shape {tuple(arr.shape)}")
@@ -186,9 +188,7 @@ def _contour(mask: np.ndarray) -> np.ndarray:
     return mask.astype(bool) & ~inner
 
 
-def overlay_image(
-    image: Any, label: np.ndarray | None, pred: np.ndarray, title: str = "", scale: int = 2
-) -> bytes:
+def overlay_image(image: Any, label: np.ndarray | None, pred: np.ndarray, title: str = "", scale: int = 2) -> bytes:
     """PNG bytes of ``image`` (``(C, H, W)`` in ``[0, 1]``) with the ground-truth contour (green) and the
     predicted contour (red), under a title strip holding ``title`` (wrapped)."""
     from PIL import Image, ImageDraw, ImageFont
@@ -322,7 +322,7 @@ class SegmentationReport:
     def update(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Score per-sample dicts (``pred``, ``label``, ``name``, ``text``, ``image``); returns the new rows."""
         new = []
-        for i, item in enumerate(items):
+        for item in items:
             name = _as_str(item.get(self.name_key)) or f"image_{len(self.rows) + 1:05d}"
             if self.pred_key not in item:
                 raise ConfigError(f"{name}: the engine output has no '{self.pred_key}' (keys: {sorted(item)})")
@@ -339,7 +339,7 @@ class SegmentationReport:
                     "evaluation size (the eval transforms resize the mask with nearest neighbour)"
                 )
             dice, iou = dice_iou(pred, label)
-            row = {"name": name, "dice": dice, "iou": iou, "text": _as_str(item.get(self.text_key))}
+            row: dict[str, Any] = {"name": name, "dice": dice, "iou": iou, "text": _as_str(item.get(self.text_key))}
             self.rows.append(row)
             new.append(row)
             if self.overlay_dir is not None and (self.max_overlays is None or self._overlays < self.max_overlays):
@@ -348,7 +348,9 @@ class SegmentationReport:
                     self._write_overlay(name, row["text"], image, label, pred, dice)
         return new
 
-    def _write_overlay(self, name: str, text: str, image: Any, label: np.ndarray, pred: np.ndarray, dice: float) -> None:
+    def _write_overlay(
+        self, name: str, text: str, image: Any, label: np.ndarray, pred: np.ndarray, dice: float
+    ) -> None:
         assert self.overlay_dir is not None
         stem = file_stem(name)
         fname, k = f"{stem}_overlay.png", 1
@@ -380,7 +382,9 @@ class SegmentationReport:
         writer = csv.DictWriter(buf, fieldnames=["name", "dice", "iou", "text"], lineterminator="\n")
         writer.writeheader()
         for r in rows:
-            writer.writerow({"name": r["name"], "dice": f"{r['dice']:.6f}", "iou": f"{r['iou']:.6f}", "text": r["text"]})
+            writer.writerow(
+                {"name": r["name"], "dice": f"{r['dice']:.6f}", "iou": f"{r['iou']:.6f}", "text": r["text"]}
+            )
         dices = np.asarray([r["dice"] for r in rows], dtype=np.float64)
         ious = np.asarray([r["iou"] for r in rows], dtype=np.float64)
         n = len(rows)
@@ -409,7 +413,10 @@ class SegmentationReport:
         if n:
             logger.info(
                 "segmentation report: %d images, mean Dice %.4f, mean IoU %.4f -> %s",
-                n, summary["mean_dice"], summary["mean_iou"], self.output_dir,
+                n,
+                summary["mean_dice"],
+                summary["mean_iou"],
+                self.output_dir,
             )
         else:
             logger.warning("segmentation report: no images were scored; wrote an empty report to %s", self.output_dir)

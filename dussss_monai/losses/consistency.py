@@ -38,11 +38,15 @@ class ProbabilityMSELoss(nn.Module):
             ValueError: when the shapes differ.
         """
         if logits.shape != target.shape:
-            raise ValueError(f"ProbabilityMSELoss: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+            raise ValueError(
+                f"ProbabilityMSELoss: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape"
+            )
         squared = (torch.sigmoid(logits.float()) - target.float()) ** 2
         if mask is None:
             return squared.mean()
         if mask.shape != logits.shape:
-            raise ValueError(f"ProbabilityMSELoss: mask {tuple(mask.shape)} and logits {tuple(logits.shape)} differ in shape")
+            raise ValueError(
+                f"ProbabilityMSELoss: mask {tuple(mask.shape)} and logits {tuple(logits.shape)} differ in shape"
+            )
         m = mask.float()
         return (squared * m).sum() / m.sum().clamp_min(1e-6)

@@ -1,4 +1,5 @@
-"""Dual Contrastive Learning (DCL) with Semantic Similarity-Supervision, DuSSS stage 1 (``docs/method.md``).
+"""Dual Contrastive Learning (DCL) with Semantic Similarity-Supervision, DuSSS stage 1 (``docs/method.md``,
+"Dual Contrastive Learning (DCL)").
 
 InfoNCE over in-batch negatives with ``sim_hat / tau`` as logits (``sim_hat`` from
 :mod:`dussss_monai.losses.semantic_similarity`; plain cosine when ``use_sss=False``). Queries come from the
@@ -96,7 +97,9 @@ class DualContrastiveLoss(nn.Module):
         self.intra_modal = bool(intra_modal)
         self.sss = SemanticSimilaritySupervision(a=a, b=b, lam=lam, squared_distance=squared_distance, enabled=use_sss)
 
-    def _term(self, q: Any, k: Any, targets: torch.Tensor, temperature: torch.Tensor, qn: str, kn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _term(
+        self, q: Any, k: Any, targets: torch.Tensor, temperature: torch.Tensor, qn: str, kn: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s1, mu1, sg1 = _features(q, qn)
         s2, mu2, sg2 = _features(k, kn)
         if s1.shape[0] != s2.shape[0]:
@@ -157,7 +160,9 @@ class DualContrastiveLoss(nn.Module):
                     comps["d_sss_neg"] = d_i2t[~pos].mean()
         if self.intra_modal:
             if img_aug_m is None or txt_aug_m is None:
-                raise ConfigError("intra_modal needs img_aug_m and txt_aug_m (momentum features of the augmented views)")
+                raise ConfigError(
+                    "intra_modal needs img_aug_m and txt_aug_m (momentum features of the augmented views)"
+                )
             l_i2i, _ = self._term(img, img_aug_m, eye, temperature, "img", "img_aug_m")
             l_t2t, _ = self._term(txt, txt_aug_m, t_text, temperature, "txt", "txt_aug_m")
             l_imc = 0.5 * (l_i2i + l_t2t)

@@ -1,10 +1,10 @@
-"""The pixel-wise segmentation loss ``l`` of DuSSS stage 2 (method.md, "Stage 2", Losses).
+"""The pixel-wise segmentation loss ``l`` of DuSSS stage 2 (``docs/method.md``, "Pseudo labels and losses").
 
 The paper names cross-entropy; the authors' code (as LViT) uses 0.5 soft Dice + 0.5 class-balanced binary
 cross-entropy. We use the latter, with targets allowed to be soft (the pseudo labels ``sigmoid(...)`` of
 stage 2 are probabilities, not hard masks). ``l`` is ``L_sup``, and by default (the paper) also the loss of
 ``L_merged``, ``L_text`` and the mean-teacher consistency term; the bundles use
-:class:`~dussss_monai.losses.ProbabilityMSELoss` for those unlabeled terms instead (measured in docs/benchmarks.md).
+:class:`~dussss_monai.losses.ProbabilityMSELoss` for those unlabeled terms instead (measured in docs/notebook/2026-11-27_benchmarks.md).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def class_balanced_bce_with_logits(
 
 
 class SegmentationLoss(nn.Module):
-    """``l = dice_weight * soft Dice + bce_weight * (class-balanced) BCE`` on logits (method.md, Stage 2, ``l``).
+    """``l = dice_weight * soft Dice + bce_weight * (class-balanced) BCE`` on logits (``docs/method.md``, "Pseudo labels and losses").
 
     Defaults reproduce the research code's ``0.5 Dice + 0.5 class-balanced BCE``. Targets may be soft
     (values in ``[0, 1]``); both terms are defined for soft targets. The Dice term is
@@ -86,7 +86,9 @@ class SegmentationLoss(nn.Module):
         self.class_balanced = bool(class_balanced)
         self.dice = DiceLoss(sigmoid=True, batch=dice_batch, smooth_nr=smooth, smooth_dr=smooth, reduction="mean")
         # the same Dice on probabilities, for masked pixels (their probability and target are zeroed first)
-        self.dice_on_probabilities = DiceLoss(sigmoid=False, batch=dice_batch, smooth_nr=smooth, smooth_dr=smooth, reduction="mean")
+        self.dice_on_probabilities = DiceLoss(
+            sigmoid=False, batch=dice_batch, smooth_nr=smooth, smooth_dr=smooth, reduction="mean"
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Compute ``l(logits, target)``, optionally on the pixels of ``mask`` only.
@@ -105,9 +107,13 @@ class SegmentationLoss(nn.Module):
             ValueError: when the shapes differ.
         """
         if logits.shape != target.shape:
-            raise ValueError(f"SegmentationLoss: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+            raise ValueError(
+                f"SegmentationLoss: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape"
+            )
         if mask is not None and mask.shape != logits.shape:
-            raise ValueError(f"SegmentationLoss: mask {tuple(mask.shape)} and logits {tuple(logits.shape)} differ in shape")
+            raise ValueError(
+                f"SegmentationLoss: mask {tuple(mask.shape)} and logits {tuple(logits.shape)} differ in shape"
+            )
         target = target.to(logits.dtype)
         loss = logits.new_zeros(())
         if self.dice_weight > 0:

@@ -1,4 +1,4 @@
-"""Semantic Similarity-Supervision (SSS), DuSSS paper eqs. (1)-(5) (``docs/method.md``, "Stage 1").
+"""Semantic Similarity-Supervision (SSS), DuSSS paper eqs. (1)-(5) (``docs/method.md``, "Semantic Similarity-Supervision (SSS)").
 
 For a pair ``(x1, x2)`` with L2-normalised global embeddings ``s1, s2`` and diagonal [CLS] Gaussians
 ``N(mu1, sigma1^2)``, ``N(mu2, sigma2^2)``:
@@ -103,7 +103,12 @@ def semantic_similarity_supervision(
     _check_args(a, b, lam, eps)
     if s1.ndim != 2 or s2.ndim != 2 or s1.shape[1] != s2.shape[1]:
         raise ConfigError(f"s1, s2 must be (B1, D) and (B2, D), got {tuple(s1.shape)} and {tuple(s2.shape)}")
-    if mu1.shape != sigma1.shape or mu2.shape != sigma2.shape or mu1.shape[0] != s1.shape[0] or mu2.shape[0] != s2.shape[0]:
+    if (
+        mu1.shape != sigma1.shape
+        or mu2.shape != sigma2.shape
+        or mu1.shape[0] != s1.shape[0]
+        or mu2.shape[0] != s2.shape[0]
+    ):
         raise ConfigError(
             f"Gaussian shapes {tuple(mu1.shape)}, {tuple(sigma1.shape)}, {tuple(mu2.shape)}, {tuple(sigma2.shape)} "
             f"do not match the embeddings {tuple(s1.shape)}, {tuple(s2.shape)}"

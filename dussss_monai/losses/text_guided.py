@@ -1,4 +1,4 @@
-"""Text-guided loss L_tg of DuSSS stage 2 (method.md, "Stage 2": "Text-guided loss L_tg trains f_g").
+"""Text-guided loss L_tg of DuSSS stage 2 (``docs/method.md``, "Text-guided loss L_tg").
 
 The per-pixel features ``v_f`` of the grounding decoder are pooled with the text-guided mask as weights;
 the pooled, L2-normalised image embedding of each sample should match its own text embedding better than
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dussss_monai.losses.dual_contrastive import positive_targets
+from dussss_monai.losses.dual_contrastive import positive_targets, soft_info_nce
 
 __all__ = ["TextGuidedLoss", "mask_pool"]
 
@@ -39,7 +39,7 @@ def mask_pool(pixel_features: torch.Tensor, mask_logits: torch.Tensor, eps: floa
 
 
 class TextGuidedLoss(nn.Module):
-    """L_tg: symmetric InfoNCE between mask-pooled image embeddings and text embeddings (method.md, Stage 2).
+    """L_tg: symmetric InfoNCE between mask-pooled image embeddings and text embeddings (``docs/method.md``, "Text-guided loss L_tg").
 
     ``logits[i, j] = <pool_i, t_j> / temperature``; ``L_tg = (CE(logits, Y) + CE(logits^T, Y^T)) / 2``.
 
@@ -110,6 +110,4 @@ class TextGuidedLoss(nn.Module):
         logits = image_embed @ text.t() / self.temperature
         positives = self.positive_mask(text_embed, texts).to(logits.dtype)
         targets = positives / positives.sum(dim=1, keepdim=True)  # symmetric, so targets.t() is the T2I target
-        loss_i2t = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-        loss_t2i = -(targets.t() * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
-        return 0.5 * (loss_i2t + loss_t2i)
+        return 0.5 * (soft_info_nce(logits, targets) + soft_info_nce(logits.t(), targets.t()))

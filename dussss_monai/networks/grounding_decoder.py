@@ -1,4 +1,4 @@
-"""The grounding decoder f_g of DuSSS stage 2 (method.md, "Stage 2", text-guided mask).
+"""The grounding decoder f_g of DuSSS stage 2 (``docs/method.md``, "Grounding decoder f_g").
 
 The frozen stage-1 image encoder gives a grid of patch tokens (paper: 14 x 14 for a 224 x 224 ViT-B/16).
 f_g upsamples them to per-pixel features ``v_f`` (two upsampling residual conv blocks: 14 -> 28 -> 56),
@@ -10,7 +10,7 @@ demo's encoder at 64 px; 16 x 16 pixels per token for ViT-B/16), so the paper's 
 zone but not a lesion's border. With ``image_skip_channels > 0`` two 3x3 convolutions read the image itself at
 full resolution, their features are concatenated with the upsampled patch features and fused before the
 projection to ``D``, as the input skip of UNETR's decoder (Hatamizadeh et al., WACV 2022) does.
-``v_f`` and the mask are then at the image's resolution. docs/benchmarks.md ("A grounding decoder that
+``v_f`` and the mask are then at the image's resolution. docs/notebook/2026-11-27_benchmarks.md ("A grounding decoder that
 sees the image") has the measurements behind it.
 """
 
@@ -63,7 +63,7 @@ class UpResidualBlock(nn.Module):
 class GroundingDecoder(nn.Module):
     """Grounding decoder f_g: patch tokens -> L2-normalised per-pixel features -> text-guided mask logits.
 
-    Implements the "text-guided mask" of method.md, Stage 2: ``y_text = sigmoid(t_f . v_f)`` with ``t_f`` the
+    Implements the "text-guided mask" of ``docs/method.md``, "Grounding decoder f_g": ``y_text = sigmoid(t_f . v_f)`` with ``t_f`` the
     text embedding and ``v_f`` the per-pixel features, both L2-normalised.
 
     Documented choice where the paper is silent: a dot product of two unit vectors lies in ``[-1, 1]``, so

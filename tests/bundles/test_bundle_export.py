@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
+    )
 
 
 def _channels(configs: Path) -> int:
@@ -35,14 +37,32 @@ def _channels(configs: Path) -> int:
 def _small_unet(in_channels: int):
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=1, channels=(4, 8), strides=(2,), num_res_units=2, norm="batch")
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=1,
+        channels=(4, 8),
+        strides=(2,),
+        num_res_units=2,
+        norm="batch",
+    )
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_net_in_out(bundle, tmp_path):
     configs = REPO_ROOT / "bundles" / bundle / "configs"
-    res = _cli(["verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
-                "--config_file", str(configs / "inference.json"), *SMALL], cwd=tmp_path)
+    res = _cli(
+        [
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            str(configs / "metadata.json"),
+            "--config_file",
+            str(configs / "inference.json"),
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "data shape of network is verified with no error" in res.stdout + res.stderr
 
@@ -57,8 +77,22 @@ def test_ckpt_export_matches_eager(bundle, tmp_path):
         net.train()
         net(torch.rand(4, channels, 32, 32))
     torch.save(net.state_dict(), tmp_path / "model.pt")  # what train.json's best-model saver writes
-    res = _cli(["ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(tmp_path / "model.pt"),
-                "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"), *SMALL], cwd=tmp_path)
+    res = _cli(
+        [
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(tmp_path / "model.ts"),
+            "--ckpt_file",
+            str(tmp_path / "model.pt"),
+            "--meta_file",
+            str(configs / "metadata.json"),
+            "--config_file",
+            str(configs / "inference.json"),
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     scripted = torch.jit.load(str(tmp_path / "model.ts"), map_location="cpu")
     eager = _small_unet(channels)

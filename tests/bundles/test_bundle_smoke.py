@@ -15,13 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_cli import run_bundle_cli
 from PIL import Image
 
-from bundle_cli import run_bundle_cli
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VLM_TINY = {"image_size": "32", "num_workers": "0", "vit_patch_size": "8", "vit_hidden_size": "32", "vit_mlp_dim": "64",
-            "vit_num_layers": "1", "vit_num_heads": "2", "embed_dim": "16", "text_max_length": "16"}
+VLM_TINY = {
+    "image_size": "32",
+    "num_workers": "0",
+    "vit_patch_size": "8",
+    "vit_hidden_size": "32",
+    "vit_mlp_dim": "64",
+    "vit_num_layers": "1",
+    "vit_num_heads": "2",
+    "embed_dim": "16",
+    "text_max_length": "16",
+}
 UNET_TINY = {"unet_channels": "[4,8]", "unet_strides": "[2]"}
 
 pytestmark = pytest.mark.slow
@@ -34,7 +42,15 @@ def _ok(res: subprocess.CompletedProcess) -> None:
 def _small_unet(in_channels: int):
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=1, channels=(4, 8), strides=(2,), num_res_units=2, norm="batch")
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=1,
+        channels=(4, 8),
+        strides=(2,),
+        num_res_units=2,
+        norm="batch",
+    )
 
 
 # bundle, in_channels, validation folder in the data, stage-1 overrides (BM-Seg's 8 training images < batch 32)
@@ -46,15 +62,23 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
     from dussss_monai.data import generate_demo_dataset
 
     configs = REPO_ROOT / "bundles" / bundle / "configs"
-    data = generate_demo_dataset(tmp_path / "data", n_train=8 if has_val else 10, n_val=3 if has_val else 0, n_test=2, image_size=48, seed=0)
+    data = generate_demo_dataset(
+        tmp_path / "data", n_train=8 if has_val else 10, n_val=3 if has_val else 0, n_test=2, image_size=48, seed=0
+    )
     root = tmp_path / "bundle"
     common = {"dataset_dir": str(data), "bundle_root": str(root), "max_epochs": "1"}
 
     _ok(run_bundle_cli("training", configs / "pretrain.json", {**common, **VLM_TINY, **pretrain_extra}, tmp_path))
     assert (root / "models" / "vlm.pt").is_file()
 
-    _ok(run_bundle_cli("training", configs / "train.json",
-             {**common, **VLM_TINY, **UNET_TINY, "decoder_channels": "8", "batch_size": "2"}, tmp_path))
+    _ok(
+        run_bundle_cli(
+            "training",
+            configs / "train.json",
+            {**common, **VLM_TINY, **UNET_TINY, "decoder_channels": "8", "batch_size": "2"},
+            tmp_path,
+        )
+    )
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
     _small_unet(channels).load_state_dict(state, strict=True)  # a plain state dict of the U-Net
@@ -63,12 +87,26 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
     assert len(datalist["validation"]) == (3 if has_val else 2)  # BM-Seg: held out of the 10 training images
 
     small = {"image_size": "32", "num_workers": "0", **UNET_TINY, "bundle_root": str(root)}
-    _ok(run_bundle_cli("evaluating", configs / "evaluate.json", {**small, "dataset_dir": str(data)}, tmp_path))
+    _ok(
+        run_bundle_cli(
+            "evaluating",
+            [configs / "train.json", configs / "evaluate.json"],
+            {**small, "dataset_dir": str(data)},
+            tmp_path,
+        )
+    )
     rows = list(csv.DictReader(open(root / "eval" / "per_image_metrics.csv", newline="")))
     assert len(rows) == len(datalist["validation"])
 
     out = tmp_path / "masks"
-    _ok(run_bundle_cli(None, configs / "inference.json", {**small, "input_dir": str(data / "Test_Folder" / "img"), "output_dir": str(out)}, tmp_path))
+    _ok(
+        run_bundle_cli(
+            None,
+            configs / "inference.json",
+            {**small, "input_dir": str(data / "Test_Folder" / "img"), "output_dir": str(out)},
+            tmp_path,
+        )
+    )
     masks = sorted(out.glob("*_mask.png"))
     assert len(masks) == 2
     assert all(np.asarray(Image.open(m)).shape == (48, 48) for m in masks)
@@ -78,10 +116,25 @@ def test_monuseg_real_data_one_tiny_epoch(monuseg_dir, tmp_path):
     """Stage 2, supervised, on the real 1000x1000 RGB tiles (24 train + 6 val) at image_size 64."""
     configs = REPO_ROOT / "bundles" / "dussss_monuseg" / "configs"
     root = tmp_path / "bundle"
-    _ok(run_bundle_cli("training", configs / "train.json",
-             {"dataset_dir": str(monuseg_dir), "bundle_root": str(root), "max_epochs": "1", "method": "supervised",
-              "image_size": "64", "num_workers": "0", **UNET_TINY}, tmp_path))
-    _small_unet(3).load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True), strict=True)
+    _ok(
+        run_bundle_cli(
+            "training",
+            configs / "train.json",
+            {
+                "dataset_dir": str(monuseg_dir),
+                "bundle_root": str(root),
+                "max_epochs": "1",
+                "method": "supervised",
+                "image_size": "64",
+                "num_workers": "0",
+                **UNET_TINY,
+            },
+            tmp_path,
+        )
+    )
+    _small_unet(3).load_state_dict(
+        torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True), strict=True
+    )
     datalist = json.loads((root / "runs" / "supervised_ratio0.25_seed0" / "datalist.json").read_text())
     assert (len(datalist["training"]), len(datalist["validation"])) == (24, 6)
     metrics = (root / "runs" / "supervised_ratio0.25_seed0" / "metrics.csv").read_text()
@@ -99,13 +152,26 @@ def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
     common = {"dataset_dir": str(data), "bundle_root": str(root), "max_epochs": "1"}
     _ok(run_bundle_cli("training", configs / "pretrain.json", {**common, **VLM_TINY}, tmp_path))
     patch = {"patch_size": "24", "score_size": "40"}
-    _ok(run_bundle_cli("training", configs / "train.json",
-             {**common, **VLM_TINY, **UNET_TINY, **patch, "decoder_channels": "8", "batch_size": "2"}, tmp_path))
+    _ok(
+        run_bundle_cli(
+            "training",
+            configs / "train.json",
+            {**common, **VLM_TINY, **UNET_TINY, **patch, "decoder_channels": "8", "batch_size": "2"},
+            tmp_path,
+        )
+    )
     _small_unet(3).load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
     assert "val_mean_dice" in (root / "runs" / "dussss_ratio0.25_seed0" / "metrics.csv").read_text()
 
     small = {"image_size": "32", "num_workers": "0", **UNET_TINY, **patch, "bundle_root": str(root)}
-    _ok(run_bundle_cli("evaluating", configs / "evaluate.json", {**small, "dataset_dir": str(data)}, tmp_path))
+    _ok(
+        run_bundle_cli(
+            "evaluating",
+            [configs / "train.json", configs / "evaluate.json"],
+            {**small, "dataset_dir": str(data)},
+            tmp_path,
+        )
+    )
     overlays = sorted((root / "eval" / "overlays").glob("*_overlay.png"))
     assert len(list(csv.DictReader(open(root / "eval" / "per_image_metrics.csv", newline="")))) == 2 and overlays
 
@@ -116,7 +182,11 @@ def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
     for name, (h, w) in sizes.items():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(inputs / name)
     out = tmp_path / "masks"
-    _ok(run_bundle_cli(None, configs / "inference.json", {**small, "input_dir": str(inputs), "output_dir": str(out)}, tmp_path))
+    _ok(
+        run_bundle_cli(
+            None, configs / "inference.json", {**small, "input_dir": str(inputs), "output_dir": str(out)}, tmp_path
+        )
+    )
     for name, size in sizes.items():
         assert np.asarray(Image.open(out / name.replace(".png", "_mask.png"))).shape == size
 
@@ -126,9 +196,23 @@ def test_monuseg_real_data_patch_mode_one_tiny_epoch(monuseg_dir, tmp_path):
     1000 x 1000 tiles, scored on a 64 x 64 grid."""
     configs = REPO_ROOT / "bundles" / "dussss_monuseg" / "configs"
     root = tmp_path / "bundle"
-    _ok(run_bundle_cli("training", configs / "train.json",
-             {"dataset_dir": str(monuseg_dir), "bundle_root": str(root), "max_epochs": "1", "method": "supervised",
-              "patch_size": "128", "score_size": "64", "num_workers": "0", **UNET_TINY}, tmp_path))
+    _ok(
+        run_bundle_cli(
+            "training",
+            configs / "train.json",
+            {
+                "dataset_dir": str(monuseg_dir),
+                "bundle_root": str(root),
+                "max_epochs": "1",
+                "method": "supervised",
+                "patch_size": "128",
+                "score_size": "64",
+                "num_workers": "0",
+                **UNET_TINY,
+            },
+            tmp_path,
+        )
+    )
     metrics = (root / "runs" / "supervised_ratio0.25_seed0" / "metrics.csv").read_text()
     dice = float(metrics.strip().splitlines()[-1].split(",")[1])
     assert 0.0 <= dice <= 1.0

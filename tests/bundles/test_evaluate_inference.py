@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from bundle_cli import run_bundle_cli
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "bundles" / "dussss_qata_cov19" / "configs"
@@ -30,7 +29,15 @@ def _save_random_model(bundle_root: Path, in_channels: int = 1) -> Path:
     from monai.networks.nets import UNet
 
     torch.manual_seed(0)
-    net = UNet(spatial_dims=2, in_channels=in_channels, out_channels=1, channels=(4, 8), strides=(2,), num_res_units=2, norm="batch")
+    net = UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=1,
+        channels=(4, 8),
+        strides=(2,),
+        num_res_units=2,
+        norm="batch",
+    )
     path = bundle_root / "models" / "model.pt"
     path.parent.mkdir(parents=True)
     torch.save(net.state_dict(), path)
@@ -43,8 +50,12 @@ def test_evaluate_config_writes_report(tmp_path):
     data = generate_demo_dataset(tmp_path / "data", n_train=4, n_val=3, n_test=2, image_size=48, seed=0)
     root = tmp_path / "bundle"
     _save_random_model(root)
-    res = run_bundle_cli("evaluating", CONFIGS / "evaluate.json",
-               {**SMALL, "bundle_root": str(root), "dataset_dir": str(data), "split": "test"}, cwd=tmp_path)
+    res = run_bundle_cli(
+        "evaluating",
+        [CONFIGS / "train.json", CONFIGS / "evaluate.json"],
+        {**SMALL, "bundle_root": str(root), "dataset_dir": str(data), "split": "test"},
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     eval_dir = root / "eval"
     rows = list(csv.DictReader(open(eval_dir / "per_image_metrics.csv", newline="")))
@@ -61,7 +72,12 @@ def test_evaluate_config_missing_checkpoint_names_it(tmp_path):
 
     data = generate_demo_dataset(tmp_path / "data", n_train=4, n_val=2, n_test=0, image_size=48, seed=0)
     root = tmp_path / "bundle"
-    res = run_bundle_cli("evaluating", CONFIGS / "evaluate.json", {**SMALL, "bundle_root": str(root), "dataset_dir": str(data)}, cwd=tmp_path)
+    res = run_bundle_cli(
+        "evaluating",
+        [CONFIGS / "train.json", CONFIGS / "evaluate.json"],
+        {**SMALL, "bundle_root": str(root), "dataset_dir": str(data)},
+        cwd=tmp_path,
+    )
     assert res.returncode != 0
     assert str(root / "models" / "model.pt") in res.stderr
 
@@ -76,8 +92,12 @@ def test_inference_config_writes_masks_at_original_size(tmp_path):
     for name, (h, w) in sizes.items():
         Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(inputs / name)
     out = tmp_path / "masks"
-    res = run_bundle_cli(None, CONFIGS / "inference.json",
-               {**SMALL, "bundle_root": str(root), "input_dir": str(inputs), "output_dir": str(out)}, cwd=tmp_path)
+    res = run_bundle_cli(
+        None,
+        CONFIGS / "inference.json",
+        {**SMALL, "bundle_root": str(root), "input_dir": str(inputs), "output_dir": str(out)},
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     written = sorted(p.name for p in out.iterdir())
     assert written == ["x1_mask.png", "x2_mask.png", "x3_mask.png"]

@@ -30,7 +30,16 @@ def _schema() -> Path:
 
 
 def _verify(meta_file: Path, schema: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta_file), "--filepath", str(schema)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "verify_metadata",
+        "--meta_file",
+        str(meta_file),
+        "--filepath",
+        str(schema),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
 
 

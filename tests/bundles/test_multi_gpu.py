@@ -24,9 +24,18 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "bundles" / "dussss_qata_cov19" / "configs"
 TINY = {
-    "image_size": "32", "num_workers": "0", "vit_patch_size": "8", "vit_hidden_size": "32", "vit_mlp_dim": "64",
-    "vit_num_layers": "1", "vit_num_heads": "2", "embed_dim": "16", "text_max_length": "16",
-    "decoder_channels": "8", "unet_channels": "[4,8]", "unet_strides": "[2]",
+    "image_size": "32",
+    "num_workers": "0",
+    "vit_patch_size": "8",
+    "vit_hidden_size": "32",
+    "vit_mlp_dim": "64",
+    "vit_num_layers": "1",
+    "vit_num_heads": "2",
+    "embed_dim": "16",
+    "text_max_length": "16",
+    "decoder_channels": "8",
+    "unet_channels": "[4,8]",
+    "unet_strides": "[2]",
 }
 
 pytestmark = pytest.mark.slow
@@ -35,7 +44,15 @@ pytestmark = pytest.mark.slow
 def _tiny_unet(in_channels: int = 1):
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=1, channels=(4, 8), strides=(2,), num_res_units=2, norm="batch")
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=1,
+        channels=(4, 8),
+        strides=(2,),
+        num_res_units=2,
+        norm="batch",
+    )
 
 
 def _random_stage1_model(path: Path) -> None:
@@ -61,18 +78,44 @@ def test_two_process_training_shards_and_stays_in_sync(tmp_path):
     probe = tmp_path / "probe.json"
     # `run training` runs the `training` list: the probe is attached first, then multi_gpu_train.json's list
     training = json.loads((CONFIGS / "multi_gpu_train.json").read_text())["training"]
-    probe_component = {"_target_": "ddp_probe.attach", "trainer": "@train#trainer",
-                       "evaluator": "@validate#evaluator", "out_dir": "@output_dir"}
+    probe_component = {
+        "_target_": "ddp_probe.attach",
+        "trainer": "@train#trainer",
+        "evaluator": "@validate#evaluator",
+        "out_dir": "@output_dir",
+    }
     probe.write_text(json.dumps({"training": [probe_component, *training]}))
     files = [str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json"), str(probe)]
-    overrides = {**TINY, "dataset_dir": str(data), "bundle_root": str(root), "max_epochs": "2",
-                 "labeled_ratio": "0.5", "batch_size": "2", "log_iterations": "False"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "monai.bundle", "run", "training", "--config_file", repr(files)]
+    overrides = {
+        **TINY,
+        "dataset_dir": str(data),
+        "bundle_root": str(root),
+        "max_epochs": "2",
+        "labeled_ratio": "0.5",
+        "batch_size": "2",
+        "log_iterations": "False",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        repr(files),
+    ]
     for k, v in overrides.items():
         cmd += [f"--{k}", v]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(Path(__file__).parent)]))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(Path(__file__).parent)]),
+    )
     start = time.monotonic()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     elapsed = time.monotonic() - start

@@ -46,8 +46,13 @@ def make_lvit(tmp_path: Path) -> Callable[..., Path]:
     overrides the text rows of Train_Folder as a list of (Image, Description) tuples.
     """
 
-    def build(n_train: int = 3, n_val: int = 0, texts: list[tuple[object, object]] | None = None, qata: bool = True,
-              root_name: str = "ds") -> Path:
+    def build(
+        n_train: int = 3,
+        n_val: int = 0,
+        texts: list[tuple[object, object]] | None = None,
+        qata: bool = True,
+        root_name: str = "ds",
+    ) -> Path:
         root = tmp_path / root_name
         for folder, prefix, n in (("Train_Folder", "Train", n_train), ("Val_Folder", "Val", n_val)):
             if n == 0:
@@ -60,7 +65,10 @@ def make_lvit(tmp_path: Path) -> Callable[..., Path]:
                 write_png(root / folder / "img" / name, img)
                 write_png(root / folder / "labelcol" / mask_name, mask)
                 rows.append((mask_name, f"Text number {i} of {prefix}."))
-            write_xlsx(root / folder / f"{prefix}_text.xlsx", texts if (texts is not None and folder == "Train_Folder") else rows)
+            write_xlsx(
+                root / folder / f"{prefix}_text.xlsx",
+                texts if (texts is not None and folder == "Train_Folder") else rows,
+            )
         return root
 
     return build

@@ -50,8 +50,13 @@ def test_json_datalist_relative_paths(tmp_path, png):
 def test_csv_datalist(tmp_path, png):
     _pairs(tmp_path, png)
     p = tmp_path / "dl.csv"
-    p.write_text("image,label,text,split\n" + "".join(f"files/im{i}.png,files/ma{i}.png,text {i},{s}\n"
-                                                       for i, s in enumerate(["training", "train", "val", "test"])))
+    p.write_text(
+        "image,label,text,split\n"
+        + "".join(
+            f"files/im{i}.png,files/ma{i}.png,text {i},{s}\n"
+            for i, s in enumerate(["training", "train", "val", "test"])
+        )
+    )
     d = load_datalist(p)
     assert [len(d[k]) for k in ("training", "validation", "test")] == [2, 1, 1]
     assert d["test"][0]["label"] == str(tmp_path / "files" / "ma3.png")
@@ -59,7 +64,7 @@ def test_csv_datalist(tmp_path, png):
 
 def test_non_utf8_csv_names_file_offset_and_line(tmp_path):
     p = tmp_path / "latin1.csv"
-    p.write_bytes("image,label,text,split\na.png,b.png,".encode() + "opacité\n".encode("latin-1"))
+    p.write_bytes(b"image,label,text,split\na.png,b.png," + "opacité\n".encode("latin-1"))
     with pytest.raises(DatasetError) as e:
         load_datalist(p)
     msg = str(e.value)
@@ -73,13 +78,19 @@ def test_bad_json_and_item_problems_all_at_once(tmp_path, png):
     with pytest.raises(DatasetError, match=r"broken.json: not valid JSON: .* line 1"):
         load_datalist(bad)
     p = tmp_path / "items.json"
-    p.write_text(json.dumps({"training": [
-        {"image": "files/im0.png", "label": "files/ma0.png"},  # no text
-        {"image": "files/im1.png", "label": "files/ma1.png", "text": 3},  # not text
-        {"image": "files/missing.png", "label": "files/ma1.png", "text": "x"},  # missing file
-        {"image": "files/im0.png", "label": "files/ma0.png", "text": "again"},  # listed twice
-        "just a string",
-    ]}))
+    p.write_text(
+        json.dumps(
+            {
+                "training": [
+                    {"image": "files/im0.png", "label": "files/ma0.png"},  # no text
+                    {"image": "files/im1.png", "label": "files/ma1.png", "text": 3},  # not text
+                    {"image": "files/missing.png", "label": "files/ma1.png", "text": "x"},  # missing file
+                    {"image": "files/im0.png", "label": "files/ma0.png", "text": "again"},  # listed twice
+                    "just a string",
+                ]
+            }
+        )
+    )
     with pytest.raises(DatasetError) as e:
         load_datalist(p)
     text = "\n".join(e.value.problems)
@@ -94,8 +105,12 @@ def test_bad_json_and_item_problems_all_at_once(tmp_path, png):
 def test_duplicate_names_from_different_folders(tmp_path, png):
     _pairs(tmp_path, png, n=1)
     png(tmp_path / "other" / "im0.png", np.zeros((16, 16), np.uint8))
-    dl = {"training": [{"image": str(tmp_path / "files" / "im0.png"), "label": str(tmp_path / "files" / "ma0.png"), "text": "a"},
-                       {"image": str(tmp_path / "other" / "im0.png"), "label": str(tmp_path / "files" / "ma0.png"), "text": "b"}]}
+    dl = {
+        "training": [
+            {"image": str(tmp_path / "files" / "im0.png"), "label": str(tmp_path / "files" / "ma0.png"), "text": "a"},
+            {"image": str(tmp_path / "other" / "im0.png"), "label": str(tmp_path / "files" / "ma0.png"), "text": "b"},
+        ]
+    }
     with pytest.raises(DatasetError, match="duplicate name 'im0.png'"):
         check_dataset(dl)
     dl["training"][1]["name"] = "other_im0.png"  # an explicit unique name resolves it
@@ -157,15 +172,24 @@ def test_prepare_datalist_lvit_writes_files(make_lvit, tmp_path):
 def test_prepare_datalist_from_json_file(tmp_path, png):
     _pairs(tmp_path, png)
     p = tmp_path / "dl.json"
-    p.write_text(json.dumps({"training": [{"image": f"files/im{i}.png", "label": f"files/ma{i}.png", "text": "x"} for i in range(3)],
-                             "validation": [{"image": "files/im3.png", "label": "files/ma3.png", "text": "y"}]}))
+    p.write_text(
+        json.dumps(
+            {
+                "training": [{"image": f"files/im{i}.png", "label": f"files/ma{i}.png", "text": "x"} for i in range(3)],
+                "validation": [{"image": "files/im3.png", "label": "files/ma3.png", "text": "y"}],
+            }
+        )
+    )
     r = prepare_datalist(str(p), str(tmp_path / "o"), 0.25, 0)
     assert len(r["training"]) == 3 and len(r["validation"]) == 1 and len(r["labeled"]) == 1
 
 
 def test_failing_prepare_leaves_no_partial_output(make_lvit, tmp_path, png):
     root = make_lvit(n_train=3)
-    png(root / "Train_Folder" / "labelcol" / "mask_train_1.png", np.full((16, 16), 9, np.uint8) * np.eye(16, dtype=np.uint8) + 3)
+    png(
+        root / "Train_Folder" / "labelcol" / "mask_train_1.png",
+        np.full((16, 16), 9, np.uint8) * np.eye(16, dtype=np.uint8) + 3,
+    )
     out = tmp_path / "out"
     with pytest.raises(DatasetError, match="not binary"):
         prepare_datalist(root, out, 0.25, 0)
@@ -178,7 +202,10 @@ def test_failing_prepare_leaves_no_partial_output(make_lvit, tmp_path, png):
 
 def test_cli_main_success_and_failure(make_lvit, tmp_path, capsys):
     root = make_lvit(n_train=4, n_val=1)
-    assert main(["--dataset_dir", str(root), "--output_dir", str(tmp_path / "o"), "--labeled_ratio", "0.5", "--seed", "0"]) == 0
+    assert (
+        main(["--dataset_dir", str(root), "--output_dir", str(tmp_path / "o"), "--labeled_ratio", "0.5", "--seed", "0"])
+        == 0
+    )
     assert "4 training (2 labeled, 2 unlabeled), 1 validation, 0 test" in capsys.readouterr().out
     (root / "Train_Folder" / "img" / "train_0.png").unlink()
     assert main(["--dataset_dir", str(root), "--output_dir", str(tmp_path / "o2")]) == 2
@@ -188,17 +215,39 @@ def test_cli_main_success_and_failure(make_lvit, tmp_path, capsys):
 
 def test_cli_subprocess_exit_code(tmp_path, repo_root):
     env = dict(os.environ, PYTHONPATH=str(repo_root))
-    proc = subprocess.run([sys.executable, "-m", "dussss_monai.data.datalist", "--dataset_dir", str(tmp_path / "none"),
-                           "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dussss_monai.data.datalist",
+            "--dataset_dir",
+            str(tmp_path / "none"),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_odd_paths_are_reported_not_crashing(tmp_path):
     p = tmp_path / "odd.json"
-    p.write_text(json.dumps({"training": [{"image": "\x00bad.png", "label": ".", "text": "x"},
-                                          {"image": "/dev/null", "label": "dir/", "text": "y"},
-                                          {"image": "im.PNG"}], "test": 5}))
+    p.write_text(
+        json.dumps(
+            {
+                "training": [
+                    {"image": "\x00bad.png", "label": ".", "text": "x"},
+                    {"image": "/dev/null", "label": "dir/", "text": "y"},
+                    {"image": "im.PNG"},
+                ],
+                "test": 5,
+            }
+        )
+    )
     with pytest.raises(DatasetError) as e:
         load_datalist(p)
     text = "\n".join(e.value.problems)

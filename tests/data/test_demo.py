@@ -22,9 +22,11 @@ _WORD = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 
 def test_describe_template():
     assert describe([("left", "lower"), ("right", "upper")]) == (
-        "Bilateral pulmonary infection, two infected areas, lower left lung and upper right lung.")
+        "Bilateral pulmonary infection, two infected areas, lower left lung and upper right lung."
+    )
     assert describe([("right", "lower"), ("right", "upper")]) == (
-        "Unilateral pulmonary infection, two infected areas, upper lower right lung.")
+        "Unilateral pulmonary infection, two infected areas, upper lower right lung."
+    )
     assert describe([("left", "middle")]) == "Unilateral pulmonary infection, one infected area, middle left lung."
 
 
@@ -64,8 +66,10 @@ def test_generate_deterministic_readable_and_idempotent(tmp_path):
 
     d = read_lvit_dataset(a)
     assert [len(d[k]) for k in ("training", "validation", "test")] == [6, 2, 2]
-    assert d == {k: [dict(it, image=it["image"].replace("/b/", "/a/"), label=it["label"].replace("/b/", "/a/"))
-                     for it in v] for k, v in read_lvit_dataset(b).items()}
+    assert d == {
+        k: [dict(it, image=it["image"].replace("/b/", "/a/"), label=it["label"].replace("/b/", "/a/")) for it in v]
+        for k, v in read_lvit_dataset(b).items()
+    }
     assert all(TEMPLATE.match(it["text"]) for v in d.values() for it in v)
     assert all(it["label"].endswith("mask_" + it["name"]) for it in d["training"])
 

@@ -48,7 +48,9 @@ def test_text_matched_by_image_name_without_extension_and_tif_images(make_lvit, 
 def test_csv_text_file(make_lvit):
     root = make_lvit(n_train=2)
     (root / "Train_Folder" / "Train_text.xlsx").unlink()
-    (root / "Train_Folder" / "Train_text.csv").write_text("Image,Description\nmask_train_0.png,a\nmask_train_1.png,\"b, c\"\n")
+    (root / "Train_Folder" / "Train_text.csv").write_text(
+        'Image,Description\nmask_train_0.png,a\nmask_train_1.png,"b, c"\n'
+    )
     assert [it["text"] for it in read_lvit_dataset(root)["training"]] == ["a", "b, c"]
 
 
@@ -66,20 +68,28 @@ def test_pairing_and_text_problems_all_reported_at_once(make_lvit, png):
     assert any("train_0.png: image without mask" in p for p in problems), text
     assert any("mask_train_1.png: mask without image" in p for p in problems), text
     assert any("extra.png: image without a text row" in p for p in problems), text
-    assert any("text row for a missing image 'mask_train_1.png'" in p and "Train_text.xlsx" in p for p in problems), text
+    assert any("text row for a missing image 'mask_train_1.png'" in p and "Train_text.xlsx" in p for p in problems), (
+        text
+    )
     assert any("duplicate name 'train_2'" in p and "train_2.png" in p and "train_2.tif" in p for p in problems), text
 
 
 def test_duplicate_text_rows(make_lvit):
     root = make_lvit(n_train=2, texts=[("mask_train_0.png", "a"), ("mask_train_1.png", "b"), ("mask_train_1.png", "c")])
     problems = _problems(root)
-    assert any("Train_text.xlsx: duplicate text rows for 'mask_train_1.png' (rows 3, 4)" in p for p in problems), problems
+    assert any("Train_text.xlsx: duplicate text rows for 'mask_train_1.png' (rows 3, 4)" in p for p in problems), (
+        problems
+    )
 
 
 def test_empty_and_numeric_text_cells(make_lvit):
-    root = make_lvit(n_train=3, texts=[("mask_train_0.png", "fine"), ("mask_train_1.png", "   "), ("mask_train_2.png", 42)])
+    root = make_lvit(
+        n_train=3, texts=[("mask_train_0.png", "fine"), ("mask_train_1.png", "   "), ("mask_train_2.png", 42)]
+    )
     problems = _problems(root)
-    assert any("Train_text.xlsx: row 3 (image 'mask_train_1.png'): empty Description cell" in p for p in problems), problems
+    assert any("Train_text.xlsx: row 3 (image 'mask_train_1.png'): empty Description cell" in p for p in problems), (
+        problems
+    )
     assert any("row 4 (image 'mask_train_2.png'): Description is not text (number 42)" in p for p in problems), problems
 
 
@@ -94,7 +104,9 @@ def test_file_problems_size_mismatch_non_binary_corrupt_empty(make_lvit, png):
     (tr / "labelcol" / "mask_train_3.png").write_bytes(b"")  # empty
     problems = _problems(root)
     text = "\n".join(problems)
-    assert any("mask_train_0.png: mask size 16x20 differs from its image" in p and "train_0.png" in p for p in problems), text
+    assert any(
+        "mask_train_0.png: mask size 16x20 differs from its image" in p and "train_0.png" in p for p in problems
+    ), text
     assert any("mask_train_1.png: mask is not binary" in p for p in problems), text
     assert any("train_2.png: unreadable" in p for p in problems), text
     assert any("mask_train_3.png: file is empty (0 bytes)" in p for p in problems), text
@@ -121,7 +133,7 @@ def test_unreadable_spreadsheet(make_lvit):
 
 def test_read_text_table_non_utf8_csv(tmp_path):
     p = tmp_path / "Train_text.csv"
-    p.write_bytes("Image,Description\nmask_a.png,caf".encode() + b"\xe9 lung\n")
+    p.write_bytes(b"Image,Description\nmask_a.png,caf" + b"\xe9 lung\n")
     with pytest.raises(DatasetError) as e:
         read_text_table(p)
     assert "Train_text.csv: not valid UTF-8" in str(e.value) and "byte offset 32 (line 2)" in str(e.value)

@@ -18,20 +18,55 @@ from dussss_monai.errors import DatasetError
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-odd_paths = st.sampled_from(["im.png", "ma.png", "", " ", "../../etc/passwd", "/dev/null", ".", "nope.png", "im.PNG",
-                             "dir/", "x.nii.gz", "\x00bad", "ma.png\n", "im.tif", "C:\\win\\path.png"])
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=12), odd_paths)
-values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)),
-                      max_leaves=6)
+odd_paths = st.sampled_from(
+    [
+        "im.png",
+        "ma.png",
+        "",
+        " ",
+        "../../etc/passwd",
+        "/dev/null",
+        ".",
+        "nope.png",
+        "im.PNG",
+        "dir/",
+        "x.nii.gz",
+        "\x00bad",
+        "ma.png\n",
+        "im.tif",
+        "C:\\win\\path.png",
+    ]
+)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=12), odd_paths
+)
+values = st.recursive(
+    scalars,
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)),
+    max_leaves=6,
+)
 items = st.one_of(
-    st.fixed_dictionaries({}, optional={"image": st.one_of(odd_paths, values), "label": st.one_of(odd_paths, values),
-                                        "text": st.one_of(st.text(max_size=20), values), "name": st.one_of(st.text(max_size=8), values)}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "image": st.one_of(odd_paths, values),
+            "label": st.one_of(odd_paths, values),
+            "text": st.one_of(st.text(max_size=20), values),
+            "name": st.one_of(st.text(max_size=8), values),
+        },
+    ),
     values,
 )
 datalists = st.one_of(
-    st.fixed_dictionaries({}, optional={"training": st.one_of(st.lists(items, max_size=4), values),
-                                        "validation": st.one_of(st.lists(items, max_size=3), values),
-                                        "test": st.lists(items, max_size=2), "extra": values}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "training": st.one_of(st.lists(items, max_size=4), values),
+            "validation": st.one_of(st.lists(items, max_size=3), values),
+            "test": st.lists(items, max_size=2),
+            "extra": values,
+        },
+    ),
     values,
 )
 
@@ -71,9 +106,11 @@ csv_cells = st.one_of(odd_paths, st.text(max_size=10), st.sampled_from(["trainin
 
 
 @SETTINGS
-@given(header=st.lists(st.sampled_from(["image", "label", "text", "split", "name", "other", ""]), max_size=5),
-       rows=st.lists(st.lists(csv_cells, max_size=6), max_size=5),
-       raw=st.binary(max_size=30))
+@given(
+    header=st.lists(st.sampled_from(["image", "label", "text", "split", "name", "other", ""]), max_size=5),
+    rows=st.lists(st.lists(csv_cells, max_size=6), max_size=5),
+    raw=st.binary(max_size=30),
+)
 def test_random_csv_datalists(base, header, rows, raw):
     import csv
     import io
@@ -90,14 +127,23 @@ def test_random_csv_datalists(base, header, rows, raw):
     _loads_or_dataset_error(p)
 
 
-cells = st.one_of(st.none(), st.integers(-3, 3), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
-                  st.sampled_from(["mask_a.png", "a.png", "a", "mask_b.png", "Image", "Description", " ", ""]),
-                  st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2fff), max_size=15))
+cells = st.one_of(
+    st.none(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.sampled_from(["mask_a.png", "a.png", "a", "mask_b.png", "Image", "Description", " ", ""]),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FFF), max_size=15),
+)
 
 
 @SETTINGS
-@given(rows=st.lists(st.lists(cells, min_size=0, max_size=3), max_size=5),
-       header=st.sampled_from([("Image", "Description"), ("image", "text"), ("Description",), (), ("Image", "Description", "x")]))
+@given(
+    rows=st.lists(st.lists(cells, min_size=0, max_size=3), max_size=5),
+    header=st.sampled_from(
+        [("Image", "Description"), ("image", "text"), ("Description",), (), ("Image", "Description", "x")]
+    ),
+)
 def test_random_spreadsheets(tmp_path_factory, rows, header):
     root = tmp_path_factory.mktemp("lvit")
     tr = root / "Train_Folder"

@@ -69,7 +69,9 @@ def test_synonyms_replace_whole_phrases():
     out = aug([QATA[1]])[0]
     assert "infected area" not in out and ("infection region" in out or "infected region" in out)
     assert "lung infection" in out
-    custom = TextAugmenter(word_dropout=0.0, clause_shuffle=False, synonym_prob=1.0, synonyms={"left": "sinister"}, seed=0)
+    custom = TextAugmenter(
+        word_dropout=0.0, clause_shuffle=False, synonym_prob=1.0, synonyms={"left": "sinister"}, seed=0
+    )
     assert custom(["Upper left lung."]) == ["Upper sinister lung."]
 
 

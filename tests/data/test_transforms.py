@@ -25,8 +25,12 @@ def asym_item(tmp_path, png):
     img[5:40, 6:14] = 230
     img[32:40, 6:34] = 230
     mask = np.where(img > 127, 255, 0).astype(np.uint8)
-    return {"image": str(png(tmp_path / "a.png", img)), "label": str(png(tmp_path / "m.png", mask)),
-            "text": "Unilateral pulmonary infection, one infected area, upper left lung.", "name": "a.png"}
+    return {
+        "image": str(png(tmp_path / "a.png", img)),
+        "label": str(png(tmp_path / "m.png", mask)),
+        "text": "Unilateral pulmonary infection, one infected area, upper left lung.",
+        "name": "a.png",
+    }
 
 
 def _check_sample(out, channels=1, size=32, label=True):
@@ -45,7 +49,10 @@ def test_eval_pipeline(asym_item):
     out = eval_transforms(32)(asym_item)
     _check_sample(out)
     assert out["text"] == asym_item["text"] and out["name"] == "a.png"
-    assert torch.equal((out["image"] > 0.5).float(), out["label"]) or ((out["image"] > 0.5).float() != out["label"]).float().mean() < 0.03
+    assert (
+        torch.equal((out["image"] > 0.5).float(), out["label"])
+        or ((out["image"] > 0.5).float() != out["label"]).float().mean() < 0.03
+    )
 
 
 def test_train_augmentation_moves_image_and_mask_together(asym_item):
@@ -83,7 +90,9 @@ def test_pretrain_two_independent_views(asym_item):
     for _ in range(5):
         out = t(asym_item)
         _check_sample(out, label=False)
-        assert out["image_aug"].shape == out["image"].shape and 0 <= out["image_aug"].min() and out["image_aug"].max() <= 1
+        assert (
+            out["image_aug"].shape == out["image"].shape and 0 <= out["image_aug"].min() and out["image_aug"].max() <= 1
+        )
         differ += not torch.allclose(out["image"], out["image_aug"])
     assert differ >= 4
 

@@ -77,8 +77,10 @@ def test_fused_update_is_bitwise_the_per_tensor_multiply_add():
     """The multi-tensor update gives exactly the numbers of ``t.mul_(decay).add_(s, alpha=1 - decay)`` per tensor
     (training runs, e.g. the demo's stage 1, must not drift by a rounding step when the update is batched)."""
     tgt, src = pair()
-    expected = {n: p.detach().clone().mul_(0.995).add_(dict(src.named_parameters())[n], alpha=1.0 - 0.995)
-                for n, p in tgt.named_parameters()}
+    expected = {
+        n: p.detach().clone().mul_(0.995).add_(dict(src.named_parameters())[n], alpha=1.0 - 0.995)
+        for n, p in tgt.named_parameters()
+    }
     ema_update(tgt, src, 0.995)
     for n, p in tgt.named_parameters():
         assert torch.equal(p, expected[n]), n

@@ -124,7 +124,11 @@ def test_iteration_output_momentum_and_handlers(minilm, tmp_path):
     before = {k: v.clone() for k, v in vlm.momentum.state_dict().items()}
     online_before = {k: v.clone() for k, v in vlm.state_dict().items() if not k.startswith("momentum.")}
     trainer = VLMPretrainer(
-        "cpu", 1, train, vlm, opt,
+        "cpu",
+        1,
+        train,
+        vlm,
+        opt,
         train_handlers=[
             StatsHandler(tag_name="train_loss", output_transform=lambda out: out["loss"].item()),
             ValidationHandler(validator=evaluator, interval=1, epoch_level=True),
@@ -138,8 +142,10 @@ def test_iteration_output_momentum_and_handlers(minilm, tmp_path):
     # one momentum update per iteration: theta_m = m theta_m + (1 - m) theta_after_step, checked on the last step
     assert not torch.equal(vlm.momentum["image_proj"].weight, before["image_proj.weight"])
     assert not torch.equal(vlm.image_proj.weight, online_before["image_proj.weight"])
-    assert torch.equal(vlm.state_dict()["text_encoder.model.embeddings.word_embeddings.weight"],
-                       online_before["text_encoder.model.embeddings.word_embeddings.weight"])  # frozen
+    assert torch.equal(
+        vlm.state_dict()["text_encoder.model.embeddings.word_embeddings.weight"],
+        online_before["text_encoder.model.embeddings.word_embeddings.weight"],
+    )  # frozen
     assert 0.0 <= evaluator.state.metrics["recall_at_1"] <= 1.0
     assert evaluator.state.metrics["chance"] == pytest.approx(retrieval_chance(texts))
     assert list(tmp_path.glob("*.pt"))
@@ -156,7 +162,9 @@ def test_bad_batches_and_configuration(minilm):
     with pytest.raises(ConfigError, match="CUDA"):
         VLMPretrainer("cpu", 1, [], vlm, opt, amp=True)
     # without intra-modal contrast no augmented view is needed
-    cmc = VLMPretrainer("cpu", 1, [{"image": x, "text": texts}], vlm, opt, loss_function=DualContrastiveLoss(intra_modal=False))
+    cmc = VLMPretrainer(
+        "cpu", 1, [{"image": x, "text": texts}], vlm, opt, loss_function=DualContrastiveLoss(intra_modal=False)
+    )
     cmc.run()
     assert "loss_imc" not in cmc.state.output
 
@@ -167,7 +175,9 @@ def test_pretraining_lifts_recall_above_chance(minilm):
     xt, tt = quadrant_data(256, 0)
     xv, tv = quadrant_data(64, 1)
     opt = torch.optim.Adam(vlm.trainable_parameters(), 1e-3)
-    evaluator = VLMEvaluator("cpu", [{"image": xv, "text": tv}], vlm, additional_metrics={"chance": RetrievalRecall(direction="chance")})
+    evaluator = VLMEvaluator(
+        "cpu", [{"image": xv, "text": tv}], vlm, additional_metrics={"chance": RetrievalRecall(direction="chance")}
+    )
     evaluator.run()
     before = evaluator.state.metrics["recall_at_1"]
     trainer = VLMPretrainer("cpu", 10, batches(xt, tt, 32, 0), vlm, opt, text_augmenter=TextAugmenter(seed=0))
@@ -195,8 +205,14 @@ def test_demo_data_pipeline_runs(minilm, tmp_path):
     torch.manual_seed(0)
     vlm = make_vlm(minilm, img_size=64, patch=16)
     evaluator = VLMEvaluator("cpu", val, vlm)
-    trainer = VLMPretrainer("cpu", 1, train, vlm, torch.optim.Adam(vlm.trainable_parameters(), 1e-3),
-                            train_handlers=[ValidationHandler(validator=evaluator, interval=1, epoch_level=True)])
+    trainer = VLMPretrainer(
+        "cpu",
+        1,
+        train,
+        vlm,
+        torch.optim.Adam(vlm.trainable_parameters(), 1e-3),
+        train_handlers=[ValidationHandler(validator=evaluator, interval=1, epoch_level=True)],
+    )
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].item()))
     trainer.run()
@@ -227,8 +243,15 @@ def test_bundle_pretraining_on_demo_data_beats_chance(tmp_path):
     cfg = Path(__file__).resolve().parents[2] / "bundles" / "dussss_qata_cov19" / "configs" / "pretrain.json"
     parser = ConfigParser()
     parser.read_config(str(cfg))
-    parser.update({**DEMO_OVERRIDES, "dataset_dir": str(root), "bundle_root": str(tmp_path / "bundle"),
-                   "device": "$torch.device('cpu')", "amp": False})
+    parser.update(
+        {
+            **DEMO_OVERRIDES,
+            "dataset_dir": str(root),
+            "bundle_root": str(tmp_path / "bundle"),
+            "device": "$torch.device('cpu')",
+            "amp": False,
+        }
+    )
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")
     evaluator = parser.get_parsed_content("validate#evaluator")

@@ -98,8 +98,11 @@ def test_inference_end_to_end_with_evaluator(folder, tmp_path):
     out = tmp_path / "masks"
     writer = MaskWriter(out)
     ev = SupervisedEvaluator(
-        device=torch.device("cpu"), val_data_loader=DataLoader(ds, batch_size=2), network=LeftHalf(),
-        postprocessing=Activationsd("pred", sigmoid=True), val_handlers=[writer],
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(ds, batch_size=2),
+        network=LeftHalf(),
+        postprocessing=Activationsd("pred", sigmoid=True),
+        val_handlers=[writer],
     )
     ev.run()
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "b_mask.png", "c_mask.nii.gz"]
@@ -131,7 +134,10 @@ def test_forced_formats_and_name_collisions(tmp_path, folder):
     assert back.shape == (30, 40) and back[:, :20].all() and not back[:, 20:].any()
     png = MaskWriter(tmp_path / "p", output_format="png")
     png._started()
-    assert png.write_item({"pred": pred, "image_path": str(folder / "c.nii.gz"), "orig_size": [20, 30]}).name == "c_mask.png"
+    assert (
+        png.write_item({"pred": pred, "image_path": str(folder / "c.nii.gz"), "orig_size": [20, 30]}).name
+        == "c_mask.png"
+    )
 
 
 def test_errors(tmp_path):

@@ -30,11 +30,15 @@ def test_guard_stops_supervised_trainer_before_the_step():
         loss = nn.functional.mse_loss(pred, target)
         return loss * float("nan") if state["trainer"].state.iteration == 3 else loss
 
-    trainer = SupervisedTrainer("cpu", 1, data, net, torch.optim.SGD(net.parameters(), lr=0.1), loss_fn, decollate=False)
+    trainer = SupervisedTrainer(
+        "cpu", 1, data, net, torch.optim.SGD(net.parameters(), lr=0.1), loss_fn, decollate=False
+    )
     state["trainer"] = trainer
     NonFiniteLossGuard().attach(trainer)
     snap: dict = {}
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: snap.update({k: v.clone() for k, v in net.state_dict().items()}))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: snap.update({k: v.clone() for k, v in net.state_dict().items()})
+    )
     with pytest.raises(DuSSSError, match=r"iteration 3\b"):
         trainer.run()
     for k, v in net.state_dict().items():

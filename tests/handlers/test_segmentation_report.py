@@ -53,10 +53,20 @@ def test_binarize_probabilities_logits_and_misuse():
 def _items(n_extra_empty=True):
     pred, gt = _half_overlap()
     items = [
-        {"name": "a.png", "text": "Left lung, one area, lower.", "image": torch.rand(1, 8, 8),
-         "pred": torch.from_numpy(pred[None].astype(np.float32)), "label": torch.from_numpy(gt[None].astype(np.float32))},
-        {"name": "b.png", "text": "No infection, text, with comma", "image": torch.rand(3, 8, 8),
-         "pred": torch.zeros(1, 8, 8), "label": torch.zeros(1, 8, 8)},
+        {
+            "name": "a.png",
+            "text": "Left lung, one area, lower.",
+            "image": torch.rand(1, 8, 8),
+            "pred": torch.from_numpy(pred[None].astype(np.float32)),
+            "label": torch.from_numpy(gt[None].astype(np.float32)),
+        },
+        {
+            "name": "b.png",
+            "text": "No infection, text, with comma",
+            "image": torch.rand(3, 8, 8),
+            "pred": torch.zeros(1, 8, 8),
+            "label": torch.zeros(1, 8, 8),
+        },
     ]
     return items
 
@@ -126,12 +136,16 @@ def test_with_monai_evaluator(tmp_path):
 
     gt = torch.zeros(1, 8, 8)
     gt[:, :, :4] = 1
-    data = [{"image": torch.rand(1, 8, 8), "label": gt.clone(), "name": f"img{i}.png", "text": f"text {i}"} for i in range(3)]
+    data = [
+        {"image": torch.rand(1, 8, 8), "label": gt.clone(), "name": f"img{i}.png", "text": f"text {i}"}
+        for i in range(3)
+    ]
     loader = torch.utils.data.DataLoader(data, batch_size=2)
     rep = SegmentationReport(tmp_path / "eval", overlay_dir="overlays", max_overlays=2)
     post = Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)])
-    ev = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=Fixed(), postprocessing=post,
-                             val_handlers=[rep])
+    ev = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader, network=Fixed(), postprocessing=post, val_handlers=[rep]
+    )
     ev.run()
     rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image_metrics.csv", newline="")))
     assert [r["name"] for r in rows] == ["img0.png", "img1.png", "img2.png"]

@@ -98,4 +98,6 @@ def test_image_skip_errors():
         _decoder(image_skip_channels=-1)
     # without the skip the image is ignored: the paper's f_g
     plain = _decoder()
-    torch.testing.assert_close(plain.pixel_features(patches, (4, 4), torch.rand(2, 1, 16, 16)), plain.pixel_features(patches, (4, 4)))
+    torch.testing.assert_close(
+        plain.pixel_features(patches, (4, 4), torch.rand(2, 1, 16, 16)), plain.pixel_features(patches, (4, 4))
+    )

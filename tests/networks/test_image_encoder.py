@@ -107,8 +107,15 @@ def test_conv_clear_errors_and_factory():
     with pytest.raises(ConfigError, match="channel"):
         enc(torch.rand(1, 3, 32, 32))
     # prefixed arguments of the other encoder are ignored, so one config can carry both sets
-    common = dict(vit_patch_size=8, vit_hidden_size=32, vit_mlp_dim=64, vit_num_layers=1, vit_num_heads=4,
-                  conv_channels=[8, 16], conv_hidden_size=24)
+    common = dict(
+        vit_patch_size=8,
+        vit_hidden_size=32,
+        vit_mlp_dim=64,
+        vit_num_layers=1,
+        vit_num_heads=4,
+        conv_channels=[8, 16],
+        conv_hidden_size=24,
+    )
     vit = build_image_encoder("vit", 1, 32, **common)
     conv = build_image_encoder("CONV", 1, 32, **common)
     assert isinstance(vit, ViTImageEncoder) and vit.hidden_size == 32 and vit.grid == (4, 4)

@@ -162,8 +162,12 @@ def test_auto_pooling_follows_the_sentence_transformers_config(tiny_bert_dir, tm
     st = tmp_path / "st_bert"
     shutil.copytree(tiny_bert_dir, st)
     (st / "pool").mkdir()
-    (st / "pool" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
-    (st / "modules.json").write_text(json.dumps([{"idx": 1, "path": "pool", "type": "sentence_transformers.models.Pooling"}]))
+    (st / "pool" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True})
+    )
+    (st / "modules.json").write_text(
+        json.dumps([{"idx": 1, "path": "pool", "type": "sentence_transformers.models.Pooling"}])
+    )
     enc = HFTextEncoder(st, max_length=16)
     assert enc.pooling == "mean"
     out = enc(SENTS)
@@ -182,8 +186,14 @@ def test_minilm_mean_pooling_separates_the_demo_sentences_better_than_cls(minilm
     embedding."""
     from dussss_monai.data.demo import describe
 
-    combos = [[("left", "upper")], [("left", "lower")], [("right", "upper")], [("left", "middle"), ("right", "lower")],
-              [("left", "upper"), ("left", "lower")], [("right", "middle"), ("right", "lower")]]
+    combos = [
+        [("left", "upper")],
+        [("left", "lower")],
+        [("right", "upper")],
+        [("left", "middle"), ("right", "lower")],
+        [("left", "upper"), ("left", "lower")],
+        [("right", "middle"), ("right", "lower")],
+    ]
     out = minilm([describe(c) for c in combos])
     m = out.attention_mask.unsqueeze(-1).float()
     mean = torch.nn.functional.normalize((out.tokens * m).sum(1) / m.sum(1), dim=1)

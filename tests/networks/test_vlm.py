@@ -15,7 +15,9 @@ TEXTS = ["left lung infection, one infected area.", "bilateral infection, two in
 
 
 def tiny_image_encoder() -> ViTImageEncoder:
-    return ViTImageEncoder(in_channels=1, img_size=32, patch_size=8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=4)
+    return ViTImageEncoder(
+        in_channels=1, img_size=32, patch_size=8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=4
+    )
 
 
 def make_vlm(tiny_bert_dir, freeze_text: bool = True, **kw) -> DuSSSVisionLanguageModel:

@@ -1,4 +1,4 @@
-"""Tests of the helpers that bundle configs call."""
+"""Tests of ``dussss_monai.bundle``, the helpers that bundle configs call."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from dussss_monai.bundle_support import (
+from dussss_monai.bundle import (
+    METHODS,
+    TRAINERS,
     bundle_root,
     check_method,
     latest_checkpoint,
-    load_frozen_vlm,
+    load_stage1_model,
     load_state_dict_into,
     save_run_record,
+    stage2_trainer,
 )
 from dussss_monai.errors import CheckpointError, ConfigError
 
@@ -61,17 +64,50 @@ def test_load_state_dict_into_reports_mismatch(tmp_path: Path) -> None:
 
 def test_missing_stage1_checkpoint_names_the_command(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as e:
-        load_frozen_vlm(nn.Linear(2, 2), tmp_path / "vlm.pt", "bundles/b/configs/pretrain.json")
+        load_stage1_model(nn.Linear(2, 2), tmp_path / "vlm.pt", "bundles/b/configs/pretrain.json")
     msg = str(e.value)
-    assert "vlm.pt" in msg and "python -m monai.bundle run training --config_file bundles/b/configs/pretrain.json" in msg
+    assert (
+        "vlm.pt" in msg and "python -m monai.bundle run training --config_file bundles/b/configs/pretrain.json" in msg
+    )
     assert "\n" not in msg
 
 
-def test_load_frozen_vlm_freezes(tmp_path: Path) -> None:
+def test_load_stage1_model_loads_the_weights(tmp_path: Path) -> None:
     path = tmp_path / "vlm.pt"
-    torch.save(nn.Linear(2, 2).state_dict(), path)
-    vlm = load_frozen_vlm(nn.Linear(2, 2), path)
-    assert not vlm.training and not any(p.requires_grad for p in vlm.parameters())
+    saved = nn.Linear(2, 2)
+    torch.save(saved.state_dict(), path)
+    vlm = load_stage1_model(nn.Linear(2, 2), path)
+    assert torch.equal(vlm.weight, saved.weight)
+
+
+def test_stage2_trainer_builds_the_class_of_each_method_with_its_own_arguments() -> None:
+    from monai.engines import SupervisedTrainer
+
+    from dussss_monai.engines import DuSSSTrainer, MeanTeacherTrainer
+
+    assert METHODS == ("dussss", "mean_teacher", "supervised")
+    assert (TRAINERS["supervised"], TRAINERS["mean_teacher"], TRAINERS["dussss"]) == (
+        SupervisedTrainer,
+        MeanTeacherTrainer,
+        DuSSSTrainer,
+    )
+    net = nn.Conv2d(1, 1, 1)
+    base = {
+        "device": "cpu",
+        "max_epochs": 1,
+        "train_data_loader": [],
+        "network": net,
+        "optimizer": torch.optim.SGD(net.parameters(), 0.1),
+        "loss_function": nn.MSELoss(),
+    }
+    teacher = {"unlabeled_data_loader": [], "ema_decay": 0.5}
+    text = {"refiner": "only DuSSS reads this"}
+    supervised = stage2_trainer("supervised", base, teacher, text)
+    assert type(supervised) is SupervisedTrainer and not hasattr(supervised, "teacher")
+    mean_teacher = stage2_trainer("mean_teacher", base, teacher, text)
+    assert type(mean_teacher) is MeanTeacherTrainer and mean_teacher.ema_decay == 0.5
+    with pytest.raises(ConfigError, match="mean_teacher"):
+        stage2_trainer("dusss", base, teacher, text)
 
 
 def test_run_record_has_seed_versions_and_config(tmp_path: Path) -> None:
@@ -86,12 +122,23 @@ def test_run_record_has_seed_versions_and_config(tmp_path: Path) -> None:
 def test_config_from_command_line_applies_overrides(tmp_path: Path) -> None:
     import json
 
-    from dussss_monai.bundle_support import config_from_command_line
+    from dussss_monai.bundle import config_from_command_line
 
     cfg = tmp_path / "configs" / "train.json"
     cfg.parent.mkdir()
     cfg.write_text(json.dumps({"lr": 0.1, "net": {"channels": [1, 2]}, "method": "dussss"}))
-    argv = ["m", "run", "training", "--config_file", str(cfg), "--lr", "0.5", "--net#channels", "[4,8]", "--method=supervised"]
+    argv = [
+        "m",
+        "run",
+        "training",
+        "--config_file",
+        str(cfg),
+        "--lr",
+        "0.5",
+        "--net#channels",
+        "[4,8]",
+        "--method=supervised",
+    ]
     merged = config_from_command_line(argv)
     merged.pop("_meta_", None)
     assert merged == {"lr": 0.5, "net": {"channels": [4, 8]}, "method": "supervised"}
@@ -99,7 +146,7 @@ def test_config_from_command_line_applies_overrides(tmp_path: Path) -> None:
 
 
 def test_matched_epoch_length_is_the_same_for_every_method():
-    from dussss_monai.bundle_support import matched_epoch_length
+    from dussss_monai.bundle import matched_epoch_length
 
     datalist = {"labeled": list(range(40)), "unlabeled": list(range(120))}
     assert matched_epoch_length(datalist, 16) == 8  # ceil(120 / 16): the unlabeled stream is longer
@@ -111,7 +158,7 @@ def test_matched_epoch_length_is_the_same_for_every_method():
 
 
 def test_matched_epoch_length_errors():
-    from dussss_monai.bundle_support import matched_epoch_length
+    from dussss_monai.bundle import matched_epoch_length
     from dussss_monai.errors import ConfigError
 
     with pytest.raises(ConfigError, match="batch sizes"):
@@ -123,7 +170,7 @@ def test_matched_epoch_length_errors():
 def test_make_inferer_matches_training_mode() -> None:
     from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-    from dussss_monai.bundle_support import make_inferer
+    from dussss_monai.bundle import make_inferer
 
     assert isinstance(make_inferer(None), SimpleInferer)
     sw = make_inferer(16, sw_batch_size=2)
@@ -141,7 +188,7 @@ def test_make_inferer_matches_training_mode() -> None:
 
 
 def test_scoring_postprocessing_puts_prediction_and_mask_on_the_score_grid() -> None:
-    from dussss_monai.bundle_support import scoring_postprocessing
+    from dussss_monai.bundle import scoring_postprocessing
 
     label = torch.zeros(1, 100, 60)
     label[:, 20:60, 10:30] = 1
@@ -156,7 +203,7 @@ def test_scoring_postprocessing_puts_prediction_and_mask_on_the_score_grid() -> 
 
 
 def test_training_scalars_reads_the_first_decollated_item_and_keeps_only_scalars():
-    from dussss_monai.bundle_support import training_scalars
+    from dussss_monai.bundle import training_scalars
 
     item = {"loss": torch.tensor(0.5), "loss_text": 0.25, "weight": 0.1, "fg_fraction_text": torch.tensor(0.0),
             "pred": torch.zeros(1, 4, 4), "label": torch.zeros(1, 4, 4), "image": torch.zeros(1, 4, 4),
@@ -168,7 +215,7 @@ def test_training_scalars_reads_the_first_decollated_item_and_keeps_only_scalars
 
 
 def test_check_command_line_refuses_none_overrides_that_monai_bundle_would_drop():
-    from dussss_monai.bundle_support import check_command_line
+    from dussss_monai.bundle import check_command_line
 
     base = ["monai.bundle", "run", "training", "--config_file", "train.json"]
     check_command_line(base + ["--pseudo_label_threshold", "$None", "--patch_size=256"])  # fine
@@ -180,7 +227,7 @@ def test_check_command_line_refuses_none_overrides_that_monai_bundle_would_drop(
 
 
 def test_run_record_leaves_out_none_overrides_as_monai_bundle_does(tmp_path):
-    from dussss_monai.bundle_support import config_from_command_line
+    from dussss_monai.bundle import config_from_command_line
 
     config = tmp_path / "c.json"
     config.write_text('{"threshold": 0.95, "size": 8}')
@@ -188,20 +235,15 @@ def test_run_record_leaves_out_none_overrides_as_monai_bundle_does(tmp_path):
     assert record["threshold"] == 0.95 and record["size"] == 16
 
 
-def test_demo_bundle_command_writes_none_as_a_config_expression():
-    from dussss_monai.demo import bundle_command
-
-    cmd = bundle_command(Path("train.json"), "training", {"pseudo_label_threshold": None, "sizes": [1, 2]})
-    assert cmd[-4:] == ["--pseudo_label_threshold", "$None", "--sizes", "[1,2]"]
-
-
 def test_check_command_line_refuses_json_spelled_literals_that_fire_reads_as_strings():
     """``--use_text_loss false`` reached the trainer as the string "false" (truthy) and changed nothing."""
-    from dussss_monai.bundle_support import check_command_line
+    from dussss_monai.bundle import check_command_line
 
     base = ["monai.bundle", "run", "training", "--config_file", "train.json"]
     check_command_line(base + ["--use_text_loss", "False", "--cutmix=True", "--run_name", "falsehood"])  # fine
-    with pytest.raises(ConfigError, match=r"--use_text_loss false, --cutmix true: .*string.*--use_text_loss False --cutmix True"):
+    with pytest.raises(
+        ConfigError, match=r"--use_text_loss false, --cutmix true: .*string.*--use_text_loss False --cutmix True"
+    ):
         check_command_line(base + ["--use_text_loss", "false", "--cutmix", "true"])
     with pytest.raises(ConfigError, match=r"--patch_size null.*--patch_size '\$None'"):
         check_command_line(base + ["--patch_size=null"])

@@ -14,9 +14,9 @@ Steps (each is the same ``python -m monai.bundle`` command a user would type, pr
 The network and image sizes are reduced so that the whole demo runs in a few minutes on two CPU
 cores; the bundle defaults (224 px, ViT-B/16, a U-Net of 6.5 M parameters) are what a GPU run uses.
 
-Usage::
+Usage (from any directory)::
 
-    python -m dussss_monai.demo --workdir runs/demo [--epochs 8] [--pretrain_epochs 6] [--seeds 0]
+    python scripts/demo.py --workdir runs/demo [--epochs 8] [--pretrain_epochs 6] [--seeds 0]
 """
 
 from __future__ import annotations
@@ -25,18 +25,21 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from dussss_monai.errors import DuSSSError
-from dussss_monai.utils.io import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-__all__ = ["main", "DEMO_OVERRIDES", "run_bundle", "bundle_command"]
+from bundle_runner import BUNDLES_DIR, run_bundle  # noqa: E402
 
-BUNDLE = Path("bundles") / "dussss_qata_cov19"
+from dussss_monai.errors import DuSSSError  # noqa: E402
+from dussss_monai.utils.io import atomic_write_text  # noqa: E402
+
+__all__ = ["main", "DEMO_OVERRIDES", "PRETRAIN_OVERRIDES", "TRAIN_OVERRIDES"]
+
+BUNDLE = BUNDLES_DIR / "dussss_qata_cov19"
 
 #: Settings that make the demo fit a few CPU minutes (every other setting is the bundle default).
 DEMO_OVERRIDES: dict[str, object] = {
@@ -61,10 +64,10 @@ TRAIN_OVERRIDES: dict[str, object] = {
     "learning_rate": 0.003,
     "min_learning_rate": 0.0003,
     # 240 steps in all: a teacher averaging ~100 steps (0.99) lags the student too far behind
-    # (docs/benchmarks.md: mean teacher 60.5 -> 71.2 validation Dice at seed 0)
+    # (docs/notebook/2026-11-27_benchmarks.md: mean teacher 60.5 -> 71.2 validation Dice at seed 0)
     "ema_decay": 0.9,
     # f_g reads the image as well as the 8 x 8 patch tokens (its mask Dice 21 -> 65 when trained alone), so
-    # its logits may be confident: DuSSS 70.11 -> 72.33 over seeds 0-2 (docs/benchmarks.md, "A grounding
+    # its logits may be confident: DuSSS 70.11 -> 72.33 over seeds 0-2 (docs/notebook/2026-11-27_benchmarks.md, "A grounding
     # decoder that sees the image")
     "decoder_image_skip_channels": 16,
     "text_logit_scale_init": 10.0,
@@ -72,68 +75,6 @@ TRAIN_OVERRIDES: dict[str, object] = {
 }
 
 METHOD_TITLES = {"dussss": "DuSSS", "mean_teacher": "Mean teacher", "supervised": "Supervised only"}
-
-
-def _arg(value: object) -> str:
-    """Format an override for ``python -m monai.bundle`` (python-fire parses the value).
-
-    ``None`` becomes the config expression ``$None``: a plain ``None`` would be dropped by ``monai.bundle``."""
-    if value is None:
-        return "$None"
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value).replace(" ", "")
-    return str(value)
-
-
-def bundle_command(config: Path, run_id: str, overrides: Mapping[str, object]) -> list[str]:
-    """The argument list of ``python -m monai.bundle run <run_id> --config_file <config> --key value ...``.
-
-    Args:
-        config: the bundle config file.
-        run_id: the workflow to run (``training``, ``evaluating`` ...).
-        overrides: command-line overrides; lists and dicts are passed as compact JSON.
-
-    Returns:
-        the command, starting with this interpreter (``sys.executable``).
-    """
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config)]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", _arg(value)]
-    return cmd
-
-
-def run_bundle(
-    config: Path, run_id: str, overrides: dict[str, object], log_file: Path, env: dict[str, str] | None = None
-) -> float:
-    """Run one bundle workflow in a subprocess, printing the command and teeing its output to ``log_file``.
-
-    Returns:
-        the wall time in seconds.
-
-    Raises:
-        DuSSSError: when the workflow fails; the message names the log file and shows its last lines.
-    """
-    cmd = bundle_command(config, run_id, overrides)
-    print("$ " + " ".join(cmd[1:]), flush=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    with open(log_file, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if _is_progress(line):
-                print("    " + line.rstrip(), flush=True)
-        rc = proc.wait()
-    if rc != 0:
-        tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        raise DuSSSError(f"'{run_id}' with {config} failed (exit {rc}); full log: {log_file}\n" + "\n".join(tail))
-    return time.time() - start
-
-
-def _is_progress(line: str) -> bool:
-    """Lines worth echoing to the console: per-epoch validation results and key messages."""
-    return ("Metrics --" in line and ("val_mean_dice" in line or "recall_at_1" in line)) or "Error" in line
 
 
 def _read_summary(path: Path) -> dict:
@@ -157,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
+        args.seeds = _seed_list(args.seeds)  # before any work: a typo must not cost a stage-1 run
         return _run(args)
     except DuSSSError as e:
         print(f"demo failed: {e}", file=sys.stderr)
@@ -182,51 +124,49 @@ def _run(args: argparse.Namespace) -> int:
     run_bundle(
         BUNDLE / "configs" / "pretrain.json",
         "training",
-        {**common, **PRETRAIN_OVERRIDES, "max_epochs": args.pretrain_epochs, "ckpt_dir": str(work / "models"), "log_iterations": False},
+        {
+            **common,
+            **PRETRAIN_OVERRIDES,
+            "max_epochs": args.pretrain_epochs,
+            "ckpt_dir": str(work / "models"),
+            "log_iterations": False,
+        },
         work / "logs" / "pretrain.log",
         env,
     )
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    seeds = _seed_list(args.seeds)
+    seeds = args.seeds
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
     runs = [(seed, method) for seed in seeds for method in methods]
     for i, (seed, method) in enumerate(runs):
         title = f"{METHOD_TITLES.get(method, method)}, seed {seed}"
         print(f"[3/4] stage 2 ({i + 1}/{len(runs)}): {title}", flush=True)
         run_dir = work / method / f"seed{seed}"
-        ckpt_dir = run_dir / "models"
+        settings = {
+            **common,
+            **TRAIN_OVERRIDES,
+            "seed": seed,
+            "method": method,
+            "labeled_ratio": args.labeled_ratio,
+            "max_epochs": args.epochs,
+            "ckpt_dir": str(run_dir / "models"),
+            "vlm_checkpoint": str(vlm_ckpt),
+        }
+        train_config = BUNDLE / "configs" / "train.json"
         run_bundle(
-            BUNDLE / "configs" / "train.json",
+            train_config,
             "training",
-            {
-                **common,
-                **TRAIN_OVERRIDES,
-                "seed": seed,
-                "method": method,
-                "labeled_ratio": args.labeled_ratio,
-                "max_epochs": args.epochs,
-                "ckpt_dir": str(ckpt_dir),
-                "vlm_checkpoint": str(vlm_ckpt),
-                "output_dir": str(run_dir / "run"),
-                "log_iterations": False,
-            },
+            {**settings, "output_dir": str(run_dir / "run"), "log_iterations": False},
             work / "logs" / f"train_{method}_seed{seed}.log",
             env,
         )
         print(f"[4/4] evaluating {title} on the validation split", flush=True)
         eval_dir = run_dir / "eval"
         run_bundle(
-            BUNDLE / "configs" / "evaluate.json",
+            [train_config, BUNDLE / "configs" / "evaluate.json"],
             "evaluating",
-            {
-                **{k: v for k, v in common.items() if k in ("dataset_dir", "bundle_root", "image_size")},
-                "unet_channels": TRAIN_OVERRIDES["unet_channels"],
-                "unet_strides": TRAIN_OVERRIDES["unet_strides"],
-                "ckpt_dir": str(ckpt_dir),
-                "output_dir": str(eval_dir),
-                "split": "validation",
-            },
+            {**settings, "output_dir": str(eval_dir), "split": "validation"},
             work / "logs" / f"evaluate_{method}_seed{seed}.log",
             env,
         )
@@ -312,8 +252,10 @@ def _report(results: dict[str, dict[int, dict]], args: argparse.Namespace, secon
         cells = [f"{100 * per_seed[s]['mean_dice']:.2f}" if s in per_seed else "–" for s in seeds]
         n = {per_seed[s].get("n", "?") for s in per_seed}
         lines.append(
-            f"| {METHOD_TITLES.get(method, method)} | " + " | ".join(cells)
-            + f" | {mean:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+            f"| {METHOD_TITLES.get(method, method)} | "
+            + " | ".join(cells)
+            + f" | {mean:.2f}"
+            + (f" ± {sd:.2f}" if sd is not None else "")
             + f" | {_mean_sd(iou)[0]:.2f} | {'/'.join(map(str, sorted(n, key=str)))} |"
         )
     ranking = sorted(means, key=means.get, reverse=True)
@@ -324,7 +266,7 @@ def _report(results: dict[str, dict[int, dict]], args: argparse.Namespace, secon
         *_paired_gaps(results, ranking),
         "",
         "A gap smaller than the seed-to-seed spread (the ± above), or one that holds at only some seeds, does not "
-        "rank two methods. docs/benchmarks.md has the longer runs, MoNuSeg, and a control with rotated sentences "
+        "rank two methods. docs/results.md has MoNuSeg and a control with rotated sentences "
         "(how much of DuSSS's gain comes from the sentence's content).",
         "",
         f"Per-image metrics: `{work}/<method>/seed<s>/eval/per_image_metrics.csv`.",

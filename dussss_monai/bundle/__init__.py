@@ -1,0 +1,45 @@
+"""What bundle configs call: command-line checks, checkpoints, component factories and the run record.
+
+Bundle configs evaluate Python expressions (``"$..."``) and import whatever ``_target_`` names: only run configs
+from sources you trust, exactly as you would only run scripts you trust.
+"""
+
+from dussss_monai.bundle.checkpoints import (
+    checkpoint_objects,
+    latest_checkpoint,
+    load_stage1_model,
+    load_state_dict_into,
+)
+from dussss_monai.bundle.cli import bundle_root, check_command_line, config_from_command_line
+from dussss_monai.bundle.factories import (
+    METHODS,
+    TRAINERS,
+    check_method,
+    make_inferer,
+    make_refiner,
+    matched_epoch_length,
+    scoring_postprocessing,
+    stage2_trainer,
+)
+from dussss_monai.bundle.run_record import environment_versions, save_run_record, training_scalars
+
+__all__ = [
+    "METHODS",
+    "TRAINERS",
+    "bundle_root",
+    "check_command_line",
+    "check_method",
+    "checkpoint_objects",
+    "config_from_command_line",
+    "environment_versions",
+    "latest_checkpoint",
+    "load_stage1_model",
+    "load_state_dict_into",
+    "make_inferer",
+    "make_refiner",
+    "matched_epoch_length",
+    "save_run_record",
+    "scoring_postprocessing",
+    "stage2_trainer",
+    "training_scalars",
+]

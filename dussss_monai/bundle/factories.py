@@ -1,0 +1,222 @@
+"""The components bundle configs build through a function: the stage-2 trainer of a method, the refiner, the
+inferer and scoring of a training mode, and the epoch length shared by every method of a comparison."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import torch
+from monai.engines import SupervisedTrainer
+from torch import nn
+
+from dussss_monai.bundle.checkpoints import load_stage1_model
+from dussss_monai.engines import DuSSSTrainer, MeanTeacherTrainer
+from dussss_monai.errors import ConfigError
+from dussss_monai.networks.grounding_decoder import GroundingDecoder
+
+__all__ = [
+    "METHODS",
+    "TRAINERS",
+    "check_method",
+    "stage2_trainer",
+    "make_refiner",
+    "make_inferer",
+    "scoring_postprocessing",
+    "matched_epoch_length",
+]
+
+#: the stage-2 trainer of each method of the bundles' ``method`` setting
+TRAINERS: dict[str, type[SupervisedTrainer]] = {
+    "dussss": DuSSSTrainer,
+    "mean_teacher": MeanTeacherTrainer,
+    "supervised": SupervisedTrainer,
+}
+METHODS = tuple(TRAINERS)
+
+
+def check_method(method: str) -> str:
+    """Validate the stage-2 ``method`` switch of a bundle config.
+
+    Raises:
+        ConfigError: when ``method`` is not one of :data:`METHODS`.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    return method
+
+
+def stage2_trainer(
+    method: str,
+    trainer_args: Mapping[str, Any],
+    teacher_args: Mapping[str, Any],
+    text_args: Mapping[str, Any],
+    train_handlers: Sequence[Any] | None = None,
+) -> SupervisedTrainer:
+    """The stage-2 trainer of ``method`` (:data:`TRAINERS`), given the arguments each trainer class takes.
+
+    A config passes the handlers last, so that they are built after every network: building the validation
+    ``monai.data.DataLoader`` reseeds torch's generator, so training then starts from the same random state
+    whatever networks (and how many random draws) the method needed.
+
+    Args:
+        method: one of :data:`METHODS`.
+        trainer_args: the arguments of ``SupervisedTrainer`` (every method) but ``train_handlers``.
+        teacher_args: the arguments :class:`~dussss_monai.engines.MeanTeacherTrainer` adds (unlabeled stream,
+            EMA, consistency); used by the mean teacher and DuSSS.
+        text_args: the arguments :class:`~dussss_monai.engines.DuSSSTrainer` adds (refiner, f_g's optimiser,
+            ablation switches); used by DuSSS.
+        train_handlers: the trainer's handlers.
+
+    Returns:
+        the trainer.
+
+    Raises:
+        ConfigError: when ``method`` is unknown.
+    """
+    trainer_class = TRAINERS[check_method(method)]
+    kwargs = {**trainer_args, "train_handlers": train_handlers}
+    if issubclass(trainer_class, MeanTeacherTrainer):
+        kwargs.update(teacher_args)
+    if issubclass(trainer_class, DuSSSTrainer):
+        kwargs.update(text_args)
+    return trainer_class(**kwargs)
+
+
+def make_refiner(
+    method: str,
+    vlm: nn.Module,
+    grounding_decoder: nn.Module,
+    vlm_checkpoint: str | os.PathLike,
+    pretrain_config: str = "configs/pretrain.json",
+    device: str | torch.device = "cpu",
+    vlm_image_size: int | Sequence[int] | None = None,
+    **refiner_args: Any,
+) -> nn.Module | None:
+    """The VLM pseudo-label refiner for ``method == "dussss"``; ``None`` for the other methods.
+
+    The stage-1 VLM is loaded from ``vlm_checkpoint`` (the refiner freezes it); the grounding decoder stays
+    trainable. ``vlm_image_size`` is the input size the stage-1 image encoder was trained at: images of another
+    size (native-resolution patches) are resized to it before encoding, and their text masks come back at the
+    images' size.
+
+    Args:
+        refiner_args: the refiner's loss settings (``text_guided_loss``, ``text_guided_weight``,
+            ``grounding_loss``, ``grounding_weight``), see :class:`~dussss_monai.refiner.VLMPseudoLabelRefiner`.
+
+    Raises:
+        ConfigError: when ``method`` is unknown.
+        CheckpointError: when the stage-1 checkpoint is missing (the message gives the command that makes it).
+    """
+    if check_method(method) != "dussss":
+        return None
+    from dussss_monai.refiner import VLMPseudoLabelRefiner
+
+    load_stage1_model(vlm, vlm_checkpoint, pretrain_config)
+    if isinstance(vlm_image_size, int):
+        vlm_image_size = (vlm_image_size, vlm_image_size)
+    decoder = cast(GroundingDecoder, grounding_decoder)
+    return VLMPseudoLabelRefiner(vlm, decoder, vlm_image_size, **refiner_args).to(device)
+
+
+def make_inferer(patch_size: int | Sequence[int] | None = None, sw_batch_size: int = 4, overlap: float = 0.25):
+    """The inferer that matches how a network was trained.
+
+    Args:
+        patch_size: ``None`` for a network trained on resized whole images (MONAI ``SimpleInferer``); the
+            training patch size for one trained on native-resolution patches: a Gaussian-weighted
+            ``SlidingWindowInferer`` with windows of that size (the nnU-Net way of predicting a large image).
+        sw_batch_size: windows per forward pass.
+        overlap: fraction of overlap between neighbouring windows.
+
+    Returns:
+        a :class:`monai.inferers.Inferer`.
+
+    Raises:
+        ConfigError: a patch size that is not a positive int or pair, or an overlap outside ``[0, 1)``.
+    """
+    from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+    if patch_size is None:
+        return SimpleInferer()
+    roi = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    if len(roi) != 2 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in roi):
+        raise ConfigError(f"patch_size must be a positive int or a pair of them, got {patch_size!r}")
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ConfigError(f"sliding-window overlap must be in [0, 1), got {overlap!r}")
+    return SlidingWindowInferer(roi_size=roi, sw_batch_size=int(sw_batch_size), overlap=float(overlap), mode="gaussian")
+
+
+def scoring_postprocessing(score_size: int | Sequence[int] | None = None, threshold: float = 0.5):
+    """Validation post-processing: sigmoid, threshold, then (optionally) prediction and mask on one grid.
+
+    The DuSSS/LViT protocol scores per-image Dice on 224 x 224 (``docs/method.md``, "What the paper leaves open, and
+    what we chose"). A network trained on resized images already predicts on that grid; one trained on
+    native-resolution patches predicts at native size, so its binary prediction and the ground-truth mask are both
+    resized to ``score_size`` with nearest-neighbour interpolation (the same way for both) before the metric.
+
+    Args:
+        score_size: the scoring grid, or ``None`` to score at the size the prediction has.
+        threshold: foreground threshold on the sigmoid.
+
+    Returns:
+        a :class:`monai.transforms.Compose` over the ``pred`` and ``label`` keys (and ``image``, resized with them).
+    """
+    from monai.transforms import Activationsd, AsDiscreted, Compose
+
+    from dussss_monai.data.transforms import Resize2Dd
+
+    xforms = [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=float(threshold))]
+    if score_size is not None:
+        # the image too (bilinear), for reports that draw prediction and mask over it
+        keys = ["image", "pred", "label"]
+        xforms.append(Resize2Dd(keys, score_size, mask_keys=["pred", "label"], allow_missing_keys=True))
+    return Compose(xforms)
+
+
+def matched_epoch_length(
+    datalist: Mapping[str, Sequence[Any]],
+    batch_size: int,
+    unlabeled_batch_size: int | None = None,
+    world_size: int | None = None,
+) -> int:
+    """Iterations per epoch shared by every method of a comparison: one pass over the larger of the labeled and
+    unlabeled streams, ``max(ceil(n_l / (W * b)), ceil(n_u / (W * b_u)))`` with ``W`` ranks (each rank holds
+    ``ceil(n / W)`` items, as ``DistributedSampler(even_divisible=True)``).
+
+    The supervised-only baseline uses it too, although it reads no unlabeled data, so that "30 epochs" means
+    the same number of optimiser steps and the same learning-rate schedule for supervised-only, mean teacher
+    and DuSSS (otherwise the baseline would get ``n_l / n_u`` times fewer steps).
+
+    Args:
+        datalist: output of :func:`dussss_monai.data.prepare_datalist` (keys ``labeled`` and ``unlabeled``).
+        batch_size: labeled batch size.
+        unlabeled_batch_size: unlabeled batch size (default ``batch_size``).
+        world_size: number of ranks; default the initialised process group's size, else 1.
+
+    Returns:
+        the epoch length (at least 1).
+
+    Raises:
+        ConfigError: when a batch size is not positive or ``datalist`` lacks the ``labeled`` list.
+    """
+    ub = batch_size if unlabeled_batch_size is None else unlabeled_batch_size
+    if int(batch_size) < 1 or int(ub) < 1:
+        raise ConfigError(f"batch sizes must be positive, got batch_size={batch_size}, unlabeled_batch_size={ub}")
+    if "labeled" not in datalist:
+        raise ConfigError(
+            "matched_epoch_length: the datalist has no 'labeled' list (see dussss_monai.data.prepare_datalist)"
+        )
+    if world_size is None:
+        dist = torch.distributed
+        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    w = max(int(world_size), 1)
+
+    def steps(n: int, b: int) -> int:
+        per_rank = -(-n // w)
+        return -(-per_rank // b)
+
+    n_l = len(datalist["labeled"])
+    n_u = len(datalist.get("unlabeled", []))
+    return max(steps(n_l, int(batch_size)), steps(n_u, int(ub)), 1)

@@ -1,0 +1,98 @@
+"""Run MONAI bundle workflows in subprocesses, as a user would type them: the runner of ``make demo`` and of the
+benchmark scripts (not part of the installed package).
+
+Each command is printed before it runs, its output goes to a log file, and the lines worth seeing (validation
+results, errors) are echoed to the console.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from dussss_monai.errors import DuSSSError
+
+__all__ = ["REPO_ROOT", "BUNDLES_DIR", "bundle_command", "run_bundle"]
+
+#: the repository root (this file is ``<root>/scripts/bundle_runner.py``), so scripts run from any directory
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES_DIR = REPO_ROOT / "bundles"
+
+
+def _arg(value: object) -> str:
+    """Format an override for ``python -m monai.bundle`` (python-fire parses the value).
+
+    ``None`` becomes the config expression ``$None``: a plain ``None`` would be dropped by ``monai.bundle``."""
+    if value is None:
+        return "$None"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value).replace(" ", "")
+    return str(value)
+
+
+def bundle_command(
+    config: Path | list[Path], run_id: str, overrides: Mapping[str, object], script: Sequence[str] | None = None
+) -> list[str]:
+    """The argument list of ``python -m monai.bundle run <run_id> --config_file <config> --key value ...``.
+
+    Args:
+        config: the bundle config file, or a list of them merged in order (e.g. train.json, evaluate.json).
+        run_id: the workflow to run (``training``, ``evaluating`` ...).
+        overrides: command-line overrides; lists and dicts are passed as compact JSON.
+        script: a script that takes ``monai.bundle``'s arguments (e.g. ``benchmarks/rotated_text_control.py``),
+            run instead of ``-m monai.bundle``.
+
+    Returns:
+        the command, starting with this interpreter (``sys.executable``).
+    """
+    files = str(config) if isinstance(config, Path) else json.dumps([str(c) for c in config])
+    entry = list(script) if script else ["-m", "monai.bundle"]
+    cmd = [sys.executable, *entry, "run", run_id, "--config_file", files]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", _arg(value)]
+    return cmd
+
+
+def run_bundle(
+    config: Path | list[Path],
+    run_id: str,
+    overrides: dict[str, object],
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    script: Sequence[str] | None = None,
+) -> float:
+    """Run one bundle workflow in a subprocess, printing the command and teeing its output to ``log_file``
+    (``script``: see :func:`bundle_command`).
+
+    Returns:
+        the wall time in seconds.
+
+    Raises:
+        DuSSSError: when the workflow fails; the message names the log file and shows its last lines.
+    """
+    cmd = bundle_command(config, run_id, overrides, script)
+    print("$ python " + shlex.join(cmd[1:]), flush=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log_file, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if _is_progress(line):
+                print("    " + line.rstrip(), flush=True)
+        rc = proc.wait()
+    if rc != 0:
+        tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        raise DuSSSError(f"'{run_id}' with {config} failed (exit {rc}); full log: {log_file}\n" + "\n".join(tail))
+    return time.time() - start
+
+
+def _is_progress(line: str) -> bool:
+    """Lines worth echoing to the console: per-epoch validation results and key messages."""
+    return ("Metrics --" in line and ("val_mean_dice" in line or "recall_at_1" in line)) or "Error" in line
