@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dussss_monai.losses.text_guided import TextGuidedLoss
+from dussss_monai.networks.grounding_decoder import crop_to_boxes
 
 if TYPE_CHECKING:
     from dussss_monai.networks.grounding_decoder import GroundingDecoder
@@ -52,11 +53,13 @@ class GroundingTargets(NamedTuple):
         images: ``(B, C, H, W)``.
         masks: ``(B, 1, H, W)`` in ``{0, 1}``.
         texts: ``B`` sentences.
+        boxes: ``(B, 4)`` regions of the images f_g is trained on (patch training), or ``None``.
     """
 
     images: torch.Tensor
     masks: torch.Tensor
     texts: Sequence[str]
+    boxes: torch.Tensor | None = None
 
 
 class GroundingResult(NamedTuple):
@@ -64,9 +67,9 @@ class GroundingResult(NamedTuple):
 
     Attributes:
         pixel_features: L2-normalised per-pixel features ``v_f`` ``(B, D, h', w')`` (``h', w' = H, W`` when f_g
-            has the image skip).
+            has the image skip, the crop size with boxes).
         feature_logits: text-guided mask logits at feature resolution ``(B, 1, h', w')`` (pooled by L_tg).
-        text_logits: the same logits upsampled to the image size ``(B, 1, H, W)``.
+        text_logits: the same logits at the image size ``(B, 1, H, W)``, or at the crop size with boxes.
         text_embed: the frozen VLM's text embeddings ``(B, D)``.
     """
 
@@ -96,6 +99,11 @@ class VLMPseudoLabelRefiner(nn.Module):
         grounding_loss: ``l(text_logits, masks)`` of ``L_ground``; needed when ``grounding_weight > 0``.
         grounding_weight: ``beta``, the weight of ``L_ground = l(text logits of labeled images, their masks)``;
             0 (the paper) trains f_g by ``L_tg`` alone.
+        crop_size: ``(H', W')`` f_g decodes the regions of patch training at (the image's boxes); default the box's
+            size at the whole image's resolution. Smaller crops cost f_g less (its image skip and projection work
+            at full resolution).
+        bfloat16: run the VLM and f_g under bfloat16 autocast (e.g. on a CPU with bfloat16 matrix units); the
+            losses are computed in float32.
 
     Raises:
         ValueError: on a negative weight, or ``grounding_weight > 0`` without a ``grounding_loss``.
@@ -112,6 +120,8 @@ class VLMPseudoLabelRefiner(nn.Module):
         text_guided_weight: float = 1.0,
         grounding_loss: Callable | None = None,
         grounding_weight: float = 0.0,
+        crop_size: int | Sequence[int] | None = None,
+        bfloat16: bool = False,
     ) -> None:
         super().__init__()
         if text_guided_weight < 0 or grounding_weight < 0:
@@ -127,6 +137,8 @@ class VLMPseudoLabelRefiner(nn.Module):
         self.text_guided_weight = float(text_guided_weight)
         self.grounding_loss = grounding_loss
         self.grounding_weight = float(grounding_weight)
+        self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+        self.use_bfloat16 = bool(bfloat16)
         self.vlm.requires_grad_(False)
         self.vlm.eval()
 
@@ -164,15 +176,22 @@ class VLMPseudoLabelRefiner(nn.Module):
         h, w = (int(g) for g in features.grid)
         return features.patches.detach(), (h, w)
 
-    def ground(self, images: torch.Tensor, texts: Sequence[str]) -> GroundingResult:
+    def _crop_size(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[int, int]:
+        if self.crop_size is not None:
+            return int(self.crop_size[0]), int(self.crop_size[1])
+        h, w = images.shape[-2:]
+        return max(1, round(float(boxes[0, 2]) * h)), max(1, round(float(boxes[0, 3]) * w))
+
+    def ground(self, images: torch.Tensor, texts: Sequence[str], boxes: torch.Tensor | None = None) -> GroundingResult:
         """One grounding forward: frozen VLM encodings, then f_g (with gradients into f_g if grad mode is on).
 
         Args:
             images: ``(B, C, H, W)``.
             texts: ``B`` sentences.
+            boxes: ``(B, 4)`` regions of the images to decode (patch training), or ``None`` for the whole images.
 
         Returns:
-            :class:`GroundingResult`; ``text_logits`` at the input image size ``(H, W)``.
+            :class:`GroundingResult`; ``text_logits`` at the input image size ``(H, W)``, or at the crop size.
 
         Raises:
             ValueError: when the number of texts differs from the batch size.
@@ -183,63 +202,33 @@ class VLMPseudoLabelRefiner(nn.Module):
         text_embed = self.encode_texts(texts, device=images.device)
         # f_g's optional image skip reads the image at the size the mask is wanted (not the VLM's input size)
         image = images if getattr(self.grounding_decoder, "uses_image", False) else None
-        features = self.grounding_decoder.pixel_features(patches, grid, image)
+        size = None if boxes is None else self._crop_size(images, boxes)
+        features = self.grounding_decoder.pixel_features(patches, grid, image, boxes, size)
         feature_logits = self.grounding_decoder.text_logits(features, text_embed, out_size=None)
-        text_logits = feature_logits  # already at the image size when f_g reads the image
-        if tuple(feature_logits.shape[-2:]) != tuple(images.shape[-2:]):
-            text_logits = F.interpolate(feature_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        out_size = tuple(images.shape[-2:]) if size is None else size
+        text_logits = feature_logits  # already at that size when f_g reads the image
+        if tuple(feature_logits.shape[-2:]) != out_size:
+            text_logits = F.interpolate(feature_logits, size=out_size, mode="bilinear", align_corners=False)
         return GroundingResult(features, feature_logits, text_logits, text_embed)
 
     def text_logits(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """Text-guided mask logits ``(B, 1, H, W)`` of ``images`` and their sentences."""
         return self.ground(images, texts).text_logits
 
-    @staticmethod
-    def crop_to_boxes(maps: torch.Tensor, boxes: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
-        """Crop each map to its box and resample it to ``out_size`` (bilinear).
-
-        Used in patch training: the text-guided mask is computed on the whole image the sentence describes
-        and cropped to the training patch (``crop_box`` of :mod:`dussss_monai.data.transforms`).
-
-        Args:
-            maps: ``(B, C, h, w)``, e.g. text logits at feature resolution of the whole images.
-            boxes: ``(B, 4)`` ``[top, left, height, width]`` as fractions of the whole image.
-            out_size: ``(H, W)`` of the patches.
-
-        Returns:
-            ``(B, C, H, W)``.
-
-        Raises:
-            ValueError: on a batch-size or box-shape mismatch.
-        """
-        if boxes.ndim != 2 or boxes.shape != (maps.shape[0], 4):
-            raise ValueError(
-                f"VLMPseudoLabelRefiner: boxes must be (B, 4) with B = {maps.shape[0]}, got {tuple(boxes.shape)}"
-            )
-        b = boxes.to(device=maps.device, dtype=maps.dtype)
-        top, left, height, width = b.unbind(1)
-        zero = torch.zeros_like(top)
-        # affine_grid maps the output's normalised coordinates [-1, 1] onto the box in the input's
-        theta = torch.stack(
-            [torch.stack([width, zero, 2 * left + width - 1], 1), torch.stack([zero, height, 2 * top + height - 1], 1)],
-            1,
-        )
-        size = (maps.shape[0], maps.shape[1], int(out_size[0]), int(out_size[1]))
-        grid = F.affine_grid(theta, list(size), align_corners=False)
-        return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
     def _ground_both(
-        self, images: torch.Tensor, texts: Sequence[str], labeled: GroundingTargets | None
+        self, images: torch.Tensor, texts: Sequence[str], boxes: torch.Tensor | None, labeled: GroundingTargets | None
     ) -> tuple[GroundingResult, GroundingResult | None]:
         """Ground the unlabeled images and, for ``L_ground``, the labeled ones: in ONE batched forward when their
-        sizes agree (the VLM in eval mode and f_g's instance norms are per sample), which keeps the supervision
-        cheap on a GPU."""
+        sizes (and boxes) agree (the VLM in eval mode and f_g's instance norms are per sample), which keeps the
+        supervision cheap on a GPU."""
         if labeled is None:
-            return self.ground(images, texts), None
-        if labeled.images.shape[1:] != images.shape[1:]:
-            return self.ground(images, texts), self.ground(labeled.images, labeled.texts)
+            return self.ground(images, texts, boxes), None
+        if labeled.images.shape[1:] != images.shape[1:] or (boxes is None) != (labeled.boxes is None):
+            return self.ground(images, texts, boxes), self.ground(labeled.images, labeled.texts, labeled.boxes)
         n = images.shape[0]
-        both = self.ground(torch.cat([images, labeled.images.to(images.dtype)]), list(texts) + list(labeled.texts))
+        both_boxes = None if boxes is None else torch.cat([boxes, labeled.boxes.to(boxes)])  # type: ignore[union-attr]
+        all_texts = list(texts) + list(labeled.texts)
+        both = self.ground(torch.cat([images, labeled.images.to(images.dtype)]), all_texts, both_boxes)
         return GroundingResult(*(t[:n] for t in both)), GroundingResult(*(t[n:] for t in both))
 
     def forward(
@@ -259,7 +248,8 @@ class VLMPseudoLabelRefiner(nn.Module):
             teacher_logits: the teacher's logits of the training images ``(B, 1, h, w)``.
             crop_boxes: ``(B, 4)`` where each training patch lies in its whole image (``crop_box``), or ``None``
                 when ``images`` are the training images.
-            labeled: the labeled images for ``L_ground``; used in train mode when ``grounding_weight > 0``.
+            labeled: the labeled images for ``L_ground`` (with their boxes in patch training); used in train mode when
+                ``grounding_weight > 0``.
 
         Returns:
             :class:`Refinement`: the detached targets and, in train mode, f_g's objective.
@@ -270,11 +260,13 @@ class VLMPseudoLabelRefiner(nn.Module):
         train_decoder = self.training
         if not (train_decoder and self.grounding_weight > 0):
             labeled = None
-        with torch.set_grad_enabled(train_decoder):
-            grounding, grounding_l = self._ground_both(images, texts, labeled)
+        autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.use_bfloat16)
+        with torch.set_grad_enabled(train_decoder), autocast:
+            grounding, grounding_l = self._ground_both(images, texts, crop_boxes, labeled)
         text_logits = grounding.text_logits
-        if crop_boxes is not None:
-            text_logits = self.crop_to_boxes(grounding.feature_logits.detach(), crop_boxes, teacher_logits.shape[-2:])
+        if crop_boxes is not None:  # decoded at the crop size: bring the patches' text masks to the patch size
+            size = teacher_logits.shape[-2:]
+            text_logits = F.interpolate(text_logits.detach(), size=size, mode="bilinear", align_corners=False)
         if teacher_logits.shape != text_logits.shape:
             raise ValueError(
                 f"VLMPseudoLabelRefiner: teacher logits {tuple(teacher_logits.shape)} and text logits "
@@ -290,6 +282,10 @@ class VLMPseudoLabelRefiner(nn.Module):
             )
             decoder_loss = self.text_guided_weight * terms["loss_tg"]
             if grounding_l is not None and labeled is not None:
-                terms["loss_ground"] = self.grounding_loss(grounding_l.text_logits, labeled.masks).mean()  # type: ignore[misc]
+                masks = labeled.masks
+                if labeled.boxes is not None:
+                    masks = crop_to_boxes(masks.float(), labeled.boxes, grounding_l.text_logits.shape[-2:], "nearest")
+                logits_l = grounding_l.text_logits.float()
+                terms["loss_ground"] = self.grounding_loss(logits_l, masks).mean()  # type: ignore[misc]
                 decoder_loss = decoder_loss + self.grounding_weight * terms["loss_ground"]
         return Refinement(torch.sigmoid(teacher + text), torch.sigmoid(text), decoder_loss, terms)

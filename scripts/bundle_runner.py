@@ -65,9 +65,11 @@ def run_bundle(
     log_file: Path,
     env: dict[str, str] | None = None,
     script: Sequence[str] | None = None,
+    echo: bool = True,
 ) -> float:
     """Run one bundle workflow in a subprocess, printing the command and teeing its output to ``log_file``
-    (``script``: see :func:`bundle_command`).
+    (``script``: see :func:`bundle_command`); with ``echo`` the validation results and errors are shown as they
+    come, else only the command.
 
     Returns:
         the wall time in seconds.
@@ -84,7 +86,7 @@ def run_bundle(
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
-            if _is_progress(line):
+            if echo and _is_progress(line):
                 print("    " + line.rstrip(), flush=True)
         rc = proc.wait()
     if rc != 0:

@@ -111,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.time()
     work = Path(args.workdir).resolve()
     data = Path(args.dataset_dir).resolve()
-    print(f"[1/4] demo data -> {data}", flush=True)
+    print(f"[1/3] demo data -> {data}", flush=True)
     generate_demo_dataset(data, seed=args.seed)
 
     env = dict(os.environ)
@@ -120,8 +120,8 @@ def _run(args: argparse.Namespace) -> int:
     common = {**DEMO_OVERRIDES, "dataset_dir": str(data), "seed": args.seed, "bundle_root": str(work)}
     vlm_ckpt = work / "models" / "vlm.pt"
 
-    print("[2/4] stage 1: vision-language pre-training", flush=True)
-    run_bundle(
+    print("[2/3] stage 1: vision-language pre-training", flush=True)
+    seconds = run_bundle(
         BUNDLE / "configs" / "pretrain.json",
         "training",
         {
@@ -133,15 +133,19 @@ def _run(args: argparse.Namespace) -> int:
         },
         work / "logs" / "pretrain.log",
         env,
+        echo=False,
     )
+    print(f"    stage 1 done ({seconds:.0f} s)", flush=True)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = args.seeds
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
     runs = [(seed, method) for seed in seeds for method in methods]
+    print(f"[3/3] stage 2: {len(methods)} methods x {len(seeds)} seeds, each trained and evaluated", flush=True)
+    durations: dict[str, list[float]] = {m: [] for m in methods}
     for i, (seed, method) in enumerate(runs):
         title = f"{METHOD_TITLES.get(method, method)}, seed {seed}"
-        print(f"[3/4] stage 2 ({i + 1}/{len(runs)}): {title}", flush=True)
+        started = time.time()
         run_dir = work / method / f"seed{seed}"
         settings = {
             **common,
@@ -160,8 +164,8 @@ def _run(args: argparse.Namespace) -> int:
             {**settings, "output_dir": str(run_dir / "run"), "log_iterations": False},
             work / "logs" / f"train_{method}_seed{seed}.log",
             env,
+            echo=False,
         )
-        print(f"[4/4] evaluating {title} on the validation split", flush=True)
         eval_dir = run_dir / "eval"
         run_bundle(
             [train_config, BUNDLE / "configs" / "evaluate.json"],
@@ -169,8 +173,16 @@ def _run(args: argparse.Namespace) -> int:
             {**settings, "output_dir": str(eval_dir), "split": "validation"},
             work / "logs" / f"evaluate_{method}_seed{seed}.log",
             env,
+            echo=False,
         )
         results[method][seed] = _read_summary(eval_dir / "summary.json")
+        durations[method].append(time.time() - started)
+        left = _time_left(durations, runs[i + 1 :])
+        print(
+            f"    ({i + 1}/{len(runs)}) {title}: validation Dice {100 * results[method][seed]['mean_dice']:.2f} "
+            f"({durations[method][-1]:.0f} s)" + (f"; about {left / 60:.1f} min left" if i + 1 < len(runs) else ""),
+            flush=True,
+        )
 
     report = _report(results, args, time.time() - t0, work)
     path = atomic_write_text(work / "report.md", report)
@@ -179,6 +191,14 @@ def _run(args: argparse.Namespace) -> int:
     print(f"Outputs: models in {run}/models, per-image metrics and overlays in {run}/eval,")
     print(f"logs in {work}/logs, TensorBoard logs in {run}/run. Report: {path}")
     return 0
+
+
+def _time_left(durations: dict[str, list[float]], remaining: Sequence[tuple[int, str]]) -> float:
+    """Seconds the ``remaining`` (seed, method) runs will take, at each method's mean duration so far (the mean of
+    every finished run for a method not yet run)."""
+    done = [d for ds in durations.values() for d in ds]
+    overall = statistics.fmean(done) if done else 0.0
+    return sum(statistics.fmean(durations[m]) if durations.get(m) else overall for _, m in remaining)
 
 
 def _seed_list(text: str) -> list[int]:

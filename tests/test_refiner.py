@@ -11,7 +11,7 @@ from torch import nn
 
 from dussss_monai.losses.segmentation import SegmentationLoss
 from dussss_monai.losses.text_guided import TextGuidedLoss
-from dussss_monai.networks.grounding_decoder import GroundingDecoder
+from dussss_monai.networks.grounding_decoder import GroundingDecoder, crop_to_boxes
 from dussss_monai.refiner import GroundingTargets, VLMPseudoLabelRefiner
 
 
@@ -165,10 +165,10 @@ def test_with_the_real_stage1_vlm():
 def test_crop_to_boxes_equals_cropping_the_map():
     x = torch.arange(2 * 100 * 80, dtype=torch.float32).view(2, 1, 100, 80)
     boxes = torch.tensor([[0.2, 0.2, 0.4, 0.5], [0.0, 0.5, 1.0, 0.5]])
-    out = VLMPseudoLabelRefiner.crop_to_boxes(x, boxes, (40, 40))
+    out = crop_to_boxes(x, boxes, (40, 40))
     torch.testing.assert_close(out[0], x[0, :, 20:60, 16:56], atol=1e-2, rtol=0)
     # a box resampled to another size: the crop of a smooth map, up to interpolation
-    half = VLMPseudoLabelRefiner.crop_to_boxes(x, boxes, (50, 20))
+    half = crop_to_boxes(x, boxes, (50, 20))
     torch.testing.assert_close(
         half[1],
         F.interpolate(x[1:, :, :, 40:], size=(50, 20), mode="bilinear", align_corners=False)[0],
@@ -176,7 +176,7 @@ def test_crop_to_boxes_equals_cropping_the_map():
         rtol=0,
     )
     with pytest.raises(ValueError, match="boxes"):
-        VLMPseudoLabelRefiner.crop_to_boxes(x, boxes[:1], (8, 8))
+        crop_to_boxes(x, boxes[:1], (8, 8))
 
 
 def test_grounding_decoder_with_image_skip_reads_the_image_at_input_size():

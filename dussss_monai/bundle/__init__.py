@@ -10,17 +10,28 @@ from dussss_monai.bundle.checkpoints import (
     load_stage1_model,
     load_state_dict_into,
 )
-from dussss_monai.bundle.cli import bundle_root, check_command_line, config_from_command_line
+from dussss_monai.bundle.cli import (
+    bundle_root,
+    check_command_line,
+    config_from_command_line,
+    config_path,
+    install_error_hook,
+    prepare_run,
+)
 from dussss_monai.bundle.factories import (
     METHODS,
     TRAINERS,
     check_method,
+    default_num_workers,
     make_inferer,
     make_refiner,
     matched_epoch_length,
     scoring_postprocessing,
     stage2_trainer,
+    student_perturbation,
+    use_bfloat16,
 )
+from dussss_monai.bundle.inputs import check_inputs, check_stage2_inputs
 from dussss_monai.bundle.run_record import environment_versions, save_run_record, training_scalars
 
 __all__ = [
@@ -28,9 +39,15 @@ __all__ = [
     "TRAINERS",
     "bundle_root",
     "check_command_line",
+    "check_inputs",
+    "check_stage2_inputs",
     "check_method",
     "checkpoint_objects",
     "config_from_command_line",
+    "config_path",
+    "default_num_workers",
+    "install_error_hook",
+    "prepare_run",
     "environment_versions",
     "latest_checkpoint",
     "load_stage1_model",
@@ -41,5 +58,7 @@ __all__ = [
     "save_run_record",
     "scoring_postprocessing",
     "stage2_trainer",
+    "student_perturbation",
     "training_scalars",
+    "use_bfloat16",
 ]

@@ -1,20 +1,70 @@
-"""The ``python -m monai.bundle`` command line as our configs see it: the bundle folder it names, and the
-overrides it would drop or misread without a word."""
+"""The ``python -m monai.bundle`` command line as our configs see it: the bundle folder and config files it names,
+the overrides it would drop or misread without a word, and how our errors reach the user.
+
+MONAI wraps every exception raised while a config is evaluated in ``RuntimeError: Failed to evaluate ...``, so a
+user's mistake would end a page of traceback on MONAI's words. :func:`prepare_run` (the first step of every
+workflow of our bundles) and the ``dussss`` console command (:mod:`dussss_monai.bundle.console`) install an
+exception hook that prints an error of ours (:class:`~dussss_monai.errors.DuSSSError`) as its message alone, the
+file or setting and the fix last; ``DUSSS_TRACEBACK=1`` shows the whole traceback above it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from dussss_monai.errors import ConfigError
+from dussss_monai.errors import ConfigError, DuSSSError
 
-__all__ = ["bundle_root", "check_command_line", "config_from_command_line"]
+__all__ = [
+    "bundle_root",
+    "config_path",
+    "prepare_run",
+    "check_command_line",
+    "config_from_command_line",
+    "install_error_hook",
+    "our_error",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def _config_files(argv: Sequence[str]) -> list[str]:
+    """The ``--config_file`` value(s) of a command line, in order (a list, or a comma-separated value, or one)."""
+    config = None
+    for i, a in enumerate(argv):
+        if a == "--config_file" and i + 1 < len(argv):
+            config = argv[i + 1]
+        elif a.startswith("--config_file="):
+            config = a.split("=", 1)[1]
+    if not config:
+        return []
+    config = config.strip()
+    if config.startswith("["):
+        try:
+            return [str(c) for c in json.loads(config.replace("'", '"'))]
+        except ValueError:
+            return []
+    return [c for c in config.split(",") if c]
+
+
+def config_path(name: str, default_folder: str = "configs", argv: Sequence[str] | None = None) -> str:
+    """The path of the bundle config ``name`` next to the config file given on the command line (e.g. the
+    ``pretrain.json`` of the ``train.json`` being run), for messages that tell the user which command to type.
+
+    Args:
+        name: a config file name, e.g. ``"pretrain.json"``.
+        default_folder: the folder used when the command line names no config file.
+        argv: the command line, ``sys.argv`` when ``None``.
+    """
+    files = _config_files(list(sys.argv if argv is None else argv))
+    folder = Path(files[0]).parent if files else Path(default_folder)
+    return str(folder / name)
 
 
 def bundle_root(default: str = ".", argv: Sequence[str] | None = None) -> str:
@@ -32,24 +82,10 @@ def bundle_root(default: str = ".", argv: Sequence[str] | None = None) -> str:
     Returns:
         the bundle root folder as a string.
     """
-    args = list(sys.argv if argv is None else argv)
-    config = None
-    for i, a in enumerate(args):
-        if a == "--config_file" and i + 1 < len(args):
-            config = args[i + 1]
-        elif a.startswith("--config_file="):
-            config = a.split("=", 1)[1]
-    if not config:
+    files = _config_files(list(sys.argv if argv is None else argv))
+    if not files:
         return default
-    config = config.strip()
-    if config.startswith("["):  # a list of config files: take the first
-        try:
-            config = json.loads(config.replace("'", '"'))[0]
-        except (ValueError, IndexError):
-            return default
-    else:
-        config = config.split(",")[0]
-    folder = Path(config).resolve().parent
+    folder = Path(files[0]).resolve().parent  # a list of config files: the first one's bundle
     return str(folder.parent if folder.name == "configs" else folder)
 
 
@@ -158,3 +194,47 @@ def config_from_command_line(argv: Sequence[str] | None = None) -> dict | None:
     except Exception as e:  # the run itself reports a broken config; the record must not mask that
         logger.warning("could not reconstruct the config for the run record: %s", e)
         return {"config_files": files, "overrides": overrides}
+
+
+def our_error(error: BaseException | None) -> DuSSSError | None:
+    """The first :class:`~dussss_monai.errors.DuSSSError` in ``error``'s chain of causes and contexts, or ``None``."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DuSSSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def install_error_hook() -> None:
+    """Make an uncaught error of ours end the output with its own message (module docstring); other errors keep
+    Python's traceback. The process still exits with status 1. Installing it twice is harmless."""
+    if getattr(sys.excepthook, "_dussss", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        ours = our_error(value)
+        if ours is None:
+            previous(kind, value, tb)
+            return
+        if os.environ.get("DUSSS_TRACEBACK") == "1":
+            previous(kind, value, tb)
+        else:
+            print("(the traceback is hidden: set DUSSS_TRACEBACK=1 to see it)", file=sys.stderr)
+        print(f"error: {ours}", file=sys.stderr, flush=True)
+
+    hook._dussss = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def prepare_run(argv: Sequence[str] | None = None) -> None:
+    """The first step of every workflow of our bundles: install :func:`install_error_hook` and
+    :func:`check_command_line`.
+
+    Raises:
+        ConfigError: from :func:`check_command_line`.
+    """
+    install_error_hook()
+    check_command_line(argv)

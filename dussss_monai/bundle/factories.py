@@ -9,11 +9,14 @@ from typing import Any, cast
 
 import torch
 from monai.engines import SupervisedTrainer
+from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
+from monai.transforms import Activationsd, AsDiscreted, Compose, Resized
 from torch import nn
 
 from dussss_monai.bundle.checkpoints import load_stage1_model
-from dussss_monai.engines import DuSSSTrainer, MeanTeacherTrainer
+from dussss_monai.engines import CopyPaste, CutMix, DuSSSTrainer, MeanTeacherTrainer
 from dussss_monai.errors import ConfigError
+from dussss_monai.inferers import AutocastInferer, FlipTTAInferer, cpu_has_fast_bfloat16
 from dussss_monai.networks.grounding_decoder import GroundingDecoder
 
 __all__ = [
@@ -21,8 +24,12 @@ __all__ = [
     "TRAINERS",
     "check_method",
     "stage2_trainer",
+    "PERTURBATIONS",
+    "student_perturbation",
     "make_refiner",
     "make_inferer",
+    "use_bfloat16",
+    "default_num_workers",
     "scoring_postprocessing",
     "matched_epoch_length",
 ]
@@ -84,6 +91,26 @@ def stage2_trainer(
     return trainer_class(**kwargs)
 
 
+#: the ``perturbation`` setting of the bundles: the student's view of an unlabeled batch
+PERTURBATIONS = ("none", "cutmix", "copy_paste")
+
+
+def student_perturbation(name: str) -> CutMix | CopyPaste | None:
+    """The student perturbation called ``name`` (:data:`PERTURBATIONS`): ``None``, CutMix between unlabeled images,
+    or bidirectional copy-paste between labeled and unlabeled images (BCP).
+
+    Raises:
+        ConfigError: when ``name`` is unknown.
+    """
+    if name == "cutmix":
+        return CutMix()
+    if name == "copy_paste":
+        return CopyPaste()
+    if name == "none":
+        return None
+    raise ConfigError(f"perturbation must be one of {', '.join(PERTURBATIONS)}; got {name!r}")
+
+
 def make_refiner(
     method: str,
     vlm: nn.Module,
@@ -120,7 +147,13 @@ def make_refiner(
     return VLMPseudoLabelRefiner(vlm, decoder, vlm_image_size, **refiner_args).to(device)
 
 
-def make_inferer(patch_size: int | Sequence[int] | None = None, sw_batch_size: int = 4, overlap: float = 0.25):
+def make_inferer(
+    patch_size: int | Sequence[int] | None = None,
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+    flip_tta: bool = False,
+    bfloat16: bool = False,
+) -> Inferer:
     """The inferer that matches how a network was trained.
 
     Args:
@@ -129,6 +162,9 @@ def make_inferer(patch_size: int | Sequence[int] | None = None, sw_batch_size: i
             ``SlidingWindowInferer`` with windows of that size (the nnU-Net way of predicting a large image).
         sw_batch_size: windows per forward pass.
         overlap: fraction of overlap between neighbouring windows.
+        flip_tta: average the probabilities of the four flips of the input
+            (:class:`~dussss_monai.inferers.FlipTTAInferer`).
+        bfloat16: run the network under bfloat16 autocast (:class:`~dussss_monai.inferers.AutocastInferer`).
 
     Returns:
         a :class:`monai.inferers.Inferer`.
@@ -136,43 +172,61 @@ def make_inferer(patch_size: int | Sequence[int] | None = None, sw_batch_size: i
     Raises:
         ConfigError: a patch size that is not a positive int or pair, or an overlap outside ``[0, 1)``.
     """
-    from monai.inferers import SimpleInferer, SlidingWindowInferer
-
+    inferer: Inferer
     if patch_size is None:
-        return SimpleInferer()
-    roi = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-    if len(roi) != 2 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in roi):
-        raise ConfigError(f"patch_size must be a positive int or a pair of them, got {patch_size!r}")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ConfigError(f"sliding-window overlap must be in [0, 1), got {overlap!r}")
-    return SlidingWindowInferer(roi_size=roi, sw_batch_size=int(sw_batch_size), overlap=float(overlap), mode="gaussian")
+        inferer = SimpleInferer()
+    else:
+        roi = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        if len(roi) != 2 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in roi):
+            raise ConfigError(f"patch_size must be a positive int or a pair of them, got {patch_size!r}")
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ConfigError(f"sliding-window overlap must be in [0, 1), got {overlap!r}")
+        inferer = SlidingWindowInferer(roi, sw_batch_size=int(sw_batch_size), overlap=float(overlap), mode="gaussian")
+    if flip_tta:
+        inferer = FlipTTAInferer(inferer)
+    return AutocastInferer(inferer) if bfloat16 else inferer
 
 
-def scoring_postprocessing(score_size: int | Sequence[int] | None = None, threshold: float = 0.5):
-    """Validation post-processing: sigmoid, threshold, then (optionally) prediction and mask on one grid.
+def default_num_workers(device: torch.device | str) -> int:
+    """The bundles' loader workers: none on a CPU, where the cores do the maths and the cached datasets leave little
+    to load, else one per available core up to 4 (so PyTorch never warns that there are more workers than cores)."""
+    if torch.device(device).type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))
+
+
+def use_bfloat16(device: torch.device | str) -> bool:
+    """The bundles' default of ``bfloat16``: on a CPU that multiplies bfloat16 in hardware (on CUDA the trainers'
+    own ``amp`` is used)."""
+    return torch.device(device).type == "cpu" and cpu_has_fast_bfloat16()
+
+
+def scoring_postprocessing(score_size: int | Sequence[int] | None = None, threshold: float = 0.5) -> Compose:
+    """Validation post-processing: sigmoid, probabilities on the scoring grid, threshold; the mask on the same grid.
 
     The DuSSS/LViT protocol scores per-image Dice on 224 x 224 (``docs/method.md``, "What the paper leaves open, and
     what we chose"). A network trained on resized images already predicts on that grid; one trained on
-    native-resolution patches predicts at native size, so its binary prediction and the ground-truth mask are both
-    resized to ``score_size`` with nearest-neighbour interpolation (the same way for both) before the metric.
+    native-resolution patches predicts at native size, so its probabilities are resized to ``score_size``
+    bilinearly and then thresholded, and the ground-truth mask is resized with nearest neighbour.
 
     Args:
         score_size: the scoring grid, or ``None`` to score at the size the prediction has.
         threshold: foreground threshold on the sigmoid.
 
     Returns:
-        a :class:`monai.transforms.Compose` over the ``pred`` and ``label`` keys (and ``image``, resized with them).
+        a :class:`monai.transforms.Compose` over the ``pred`` and ``label`` keys (and ``image``, resized with them,
+        for reports that draw prediction and mask over it).
     """
-    from monai.transforms import Activationsd, AsDiscreted, Compose
-
-    from dussss_monai.data.transforms import Resize2Dd
-
-    xforms = [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=float(threshold))]
+    xforms: list[Any] = [Activationsd(keys="pred", sigmoid=True)]
     if score_size is not None:
-        # the image too (bilinear), for reports that draw prediction and mask over it
-        keys = ["image", "pred", "label"]
-        xforms.append(Resize2Dd(keys, score_size, mask_keys=["pred", "label"], allow_missing_keys=True))
-    return Compose(xforms)
+        size = (score_size, score_size) if isinstance(score_size, int) else tuple(score_size)
+        xforms += [
+            Resized("pred", size, mode="bilinear", align_corners=False),
+            Resized("label", size, mode="nearest-exact", allow_missing_keys=True),
+            Resized("image", size, mode="bilinear", anti_aliasing=True, allow_missing_keys=True),
+        ]
+    return Compose(xforms + [AsDiscreted(keys="pred", threshold=float(threshold))])
 
 
 def matched_epoch_length(

@@ -17,17 +17,9 @@ from dussss_monai.data.datalist import (
 from dussss_monai.data.demo import generate_demo_dataset
 from dussss_monai.data.image_io import read_image_2d, read_image_info, read_mask_2d
 from dussss_monai.data.lvit import read_lvit_dataset, read_text_table
-from dussss_monai.data.transforms import (
-    BinarizeMaskd,
-    ClipIntensityd,
-    DataPipeline,
-    LoadImage2Dd,
-    Resize2Dd,
-    eval_transforms,
-    pretrain_transforms,
-    train_transforms,
-    unlabeled_transforms,
-)
+from dussss_monai.data.pipelines import eval_transforms, pretrain_transforms, train_transforms, unlabeled_transforms
+from dussss_monai.data.stain import RandHEDJitterd
+from dussss_monai.data.transforms import DataPipeline, LoadImage2Dd
 
 __all__ = [
     "read_image_2d",
@@ -46,9 +38,7 @@ __all__ = [
     "generate_demo_dataset",
     "DataPipeline",
     "LoadImage2Dd",
-    "Resize2Dd",
-    "ClipIntensityd",
-    "BinarizeMaskd",
+    "RandHEDJitterd",
     "train_transforms",
     "eval_transforms",
     "unlabeled_transforms",

@@ -180,11 +180,11 @@ def inference_transforms(
     """Inference pipeline: :class:`RecordOriginald`, then the evaluation pipeline on the image only.
 
     The loading, intensity scaling and resizing are exactly those of validation/test
-    (:func:`dussss_monai.data.transforms.eval_transforms`), so a model sees at inference what it was
+    (:func:`dussss_monai.data.pipelines.eval_transforms`), so a model sees at inference what it was
     selected on. With ``patch_size`` (a model trained on native-resolution patches) the image keeps its
     native size, for a sliding-window inferer.
     """
-    from dussss_monai.data.transforms import eval_transforms
+    from dussss_monai.data.pipelines import eval_transforms
 
     return Compose(
         [

@@ -9,11 +9,14 @@ from dussss_monai.engines.dussss_trainer import DuSSSTrainer
 from dussss_monai.engines.ema import ema_decay, ema_update
 from dussss_monai.engines.mean_teacher_trainer import LabeledBatch, MeanTeacherTrainer, StudentView, UnlabeledBatch
 from dussss_monai.engines.schedules import ConsistencyWeight, sigmoid_rampup
+from dussss_monai.engines.student_views import CopyPaste, CutMix
 from dussss_monai.engines.unlabeled_stream import UnlabeledStream
 from dussss_monai.engines.vlm_pretrainer import VLMEvaluator, VLMPretrainer
 
 __all__ = [
     "ConsistencyWeight",
+    "CopyPaste",
+    "CutMix",
     "DuSSSTrainer",
     "LabeledBatch",
     "MeanTeacherTrainer",

@@ -106,16 +106,18 @@ class DuSSSTrainer(MeanTeacherTrainer):
         return tensor.to(self.state.device, non_blocking=self.non_blocking)
 
     def _grounding_targets(self, labeled: LabeledBatch) -> GroundingTargets | None:
-        """f_g's supervision: the whole labeled images and masks when the batch carries a grounding context
-        (patch training), else the batch itself; ``None`` when f_g is not supervised."""
+        """f_g's supervision: the whole labeled images and masks and the patches' boxes when the batch carries a
+        grounding context (patch training; f_g learns on the regions of the patches, as it decodes them for the
+        unlabeled images), else the batch itself; ``None`` when f_g is not supervised."""
         if not (self.use_tg and self.refiner.grounding_weight > 0):
             return None
         texts = self._texts(labeled.data, "labeled")
         data = labeled.data
-        if isinstance(data, Mapping) and CONTEXT_IMAGE_KEY in data and CONTEXT_LABEL_KEY in data:
-            return GroundingTargets(
-                self._to_device(data[CONTEXT_IMAGE_KEY]), self._to_device(data[CONTEXT_LABEL_KEY]), texts
+        if isinstance(data, Mapping) and all(k in data for k in (CONTEXT_IMAGE_KEY, CONTEXT_LABEL_KEY, CROP_BOX_KEY)):
+            images, masks, boxes = (
+                self._to_device(data[k]) for k in (CONTEXT_IMAGE_KEY, CONTEXT_LABEL_KEY, CROP_BOX_KEY)
             )
+            return GroundingTargets(images, masks, texts, boxes)
         return GroundingTargets(labeled.images, labeled.masks, texts)
 
     def unlabeled_texts(self, unlabeled: UnlabeledBatch) -> list[str]:

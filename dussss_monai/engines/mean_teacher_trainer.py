@@ -31,7 +31,6 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
-from dussss_monai.engines.cutmix import draw_cutmix
 from dussss_monai.engines.distributed import broadcast_from_rank0, unwrap_network
 from dussss_monai.engines.ema import ema_decay as teacher_ema_decay
 from dussss_monai.engines.schedules import ConsistencyWeight
@@ -120,10 +119,11 @@ class MeanTeacherTrainer(SupervisedTrainer):
         pseudo_label_threshold: ``None`` keeps the pseudo labels soft; ``p`` in (0, 1) makes them hard at ``p``.
         ignore_uncertain_pixels: with a threshold ``p > 0.5``, leave out the pixels whose pseudo label lies in
             ``[1 - p, p]`` (confidence masking as in FixMatch); ``l_c`` must take a ``mask`` keyword.
-        cutmix: paste a box of another image of the batch into each student image, and the same box of its pseudo
-            label into its target (:func:`~dussss_monai.engines.cutmix.draw_cutmix`; French et al., BMVC 2020).
+        student_perturbation: ``(unlabeled, labeled) -> StudentView``, a perturbation of the student's view that
+            carries every pseudo label along, e.g. :class:`~dussss_monai.engines.CutMix` (French et al., BMVC 2020)
+            or :class:`~dussss_monai.engines.CopyPaste` (BCP, Bai et al., CVPR 2023); ``None``: none.
         student_noise_std: Gaussian noise added to the student's unlabeled input (the original mean teacher's
-            input perturbation); 0 turns it off.
+            input perturbation), after ``student_perturbation``; 0 turns it off.
         student_image_key: batch key of the student's own view of the unlabeled images (e.g. a strongly
             augmented copy); ``None``: the student sees the teacher's view.
         epoch_length: iterations per epoch; default ``max(len(train_data_loader), len(unlabeled_data_loader))``.
@@ -132,7 +132,8 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
     Raises:
         ConfigError: on an ``ema_decay`` outside ``[0, 1]``, a bad threshold, negative noise, or confidence
-            masking without a threshold above 0.5 or without a loss that takes a ``mask``.
+            masking (or a perturbation that weighs pixels) without a threshold above 0.5 or without a loss that
+            takes a ``mask``.
     """
 
     def __init__(
@@ -150,7 +151,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         consistency_loss_function: Callable | None = None,
         pseudo_label_threshold: float | None = None,
         ignore_uncertain_pixels: bool = False,
-        cutmix: bool = False,
+        student_perturbation: Callable[[UnlabeledBatch, LabeledBatch], StudentView] | None = None,
         student_noise_std: float = 0.0,
         student_image_key: str | None = None,
         epoch_length: int | None = None,
@@ -164,6 +165,11 @@ class MeanTeacherTrainer(SupervisedTrainer):
         if student_noise_std < 0:
             raise ConfigError(f"student_noise_std must be >= 0, got {student_noise_std}")
         consistency = consistency_loss_function if consistency_loss_function is not None else loss_function
+        if getattr(student_perturbation, "weighs_pixels", False) and not _accepts_keyword(consistency, "mask"):
+            raise ConfigError(
+                f"{type(student_perturbation).__name__} weighs the pixels of the consistency loss, which must take a "
+                f"`mask` keyword (e.g. dussss_monai.losses.ProbabilityMSELoss); got {type(consistency).__name__}"
+            )
         if ignore_uncertain_pixels:
             if pseudo_label_threshold is None or pseudo_label_threshold <= 0.5:
                 raise ConfigError(
@@ -196,7 +202,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         self.consistency_loss_function = consistency
         self.pseudo_label_threshold = None if pseudo_label_threshold is None else float(pseudo_label_threshold)
         self.ignore_uncertain_pixels = bool(ignore_uncertain_pixels)
-        self.cutmix = bool(cutmix)
+        self.student_perturbation = student_perturbation
         self.student_noise_std = float(student_noise_std)
         self.student_image_key = student_image_key
         self.image_key = image_key
@@ -210,15 +216,14 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
     # ------------------------------------------------------------------ hooks
     def student_view(self, unlabeled: UnlabeledBatch, labeled: LabeledBatch) -> StudentView:
-        """The student's input for the unlabeled batch: its own view, with CutMix and noise when switched on."""
-        images = unlabeled.student_images
-        carry: Callable[[torch.Tensor], torch.Tensor] = _identity
-        if self.cutmix and images.shape[0] > 1:
-            mix = draw_cutmix(images.shape[0], images.shape[2:], device=images.device)
-            images, carry = mix.apply(images), mix.apply
+        """The student's input for the unlabeled batch: its own view, perturbed by ``student_perturbation`` and
+        noise when they are switched on."""
+        view = StudentView(unlabeled.student_images)
+        if self.student_perturbation is not None:
+            view = self.student_perturbation(unlabeled, labeled)
         if self.student_noise_std > 0:
-            images = images + self.student_noise_std * torch.randn_like(images)
-        return StudentView(images, carry)
+            view.images = view.images + self.student_noise_std * torch.randn_like(view.images)
+        return view
 
     def pseudo_labels(
         self, unlabeled: UnlabeledBatch, teacher_logits: torch.Tensor, labeled: LabeledBatch

@@ -24,7 +24,41 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
-__all__ = ["GroundingDecoder", "UpResidualBlock"]
+__all__ = ["GroundingDecoder", "UpResidualBlock", "crop_to_boxes"]
+
+
+def crop_to_boxes(
+    maps: torch.Tensor, boxes: torch.Tensor, out_size: Sequence[int], mode: str = "bilinear"
+) -> torch.Tensor:
+    """Crop each map to its box and resample it to ``out_size``.
+
+    Used in patch training: the sentence describes the whole image, so f_g reads the whole image's patch tokens
+    and the region of each training patch is cut out of its maps (``crop_box`` of :mod:`dussss_monai.data.pipelines`).
+
+    Args:
+        maps: ``(B, C, h, w)`` maps of the whole images (any resolution).
+        boxes: ``(B, 4)`` ``[top, left, height, width]`` as fractions of the whole image.
+        out_size: ``(H, W)`` of the crops.
+        mode: ``grid_sample`` interpolation (``"bilinear"``, or ``"nearest"`` for masks).
+
+    Returns:
+        ``(B, C, H, W)``.
+
+    Raises:
+        ValueError: on a batch-size or box-shape mismatch.
+    """
+    if boxes.ndim != 2 or boxes.shape != (maps.shape[0], 4):
+        raise ValueError(f"crop_to_boxes: boxes must be (B, 4) with B = {maps.shape[0]}, got {tuple(boxes.shape)}")
+    b = boxes.to(device=maps.device, dtype=maps.dtype)
+    top, left, height, width = b.unbind(1)
+    zero = torch.zeros_like(top)
+    # affine_grid maps the output's normalised coordinates [-1, 1] onto the box in the input's
+    theta = torch.stack(
+        [torch.stack([width, zero, 2 * left + width - 1], 1), torch.stack([zero, height, 2 * top + height - 1], 1)], 1
+    )
+    size = (maps.shape[0], maps.shape[1], int(out_size[0]), int(out_size[1]))
+    grid = F.affine_grid(theta, list(size), align_corners=False)
+    return F.grid_sample(maps, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 class UpResidualBlock(nn.Module):
@@ -159,7 +193,12 @@ class GroundingDecoder(nn.Module):
         return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
 
     def pixel_features(
-        self, patches: torch.Tensor, grid: Sequence[int], image: torch.Tensor | None = None
+        self,
+        patches: torch.Tensor,
+        grid: Sequence[int],
+        image: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        crop_size: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Per-pixel features ``v_f``.
 
@@ -168,10 +207,14 @@ class GroundingDecoder(nn.Module):
             grid: ``(h, w)``.
             image: ``(B, image_channels, H, W)``, the image the tokens were computed from; needed (and only
                 read) when the image skip is on.
+            boxes: ``(B, 4)`` regions of the image to decode (:func:`crop_to_boxes`), e.g. the training patches;
+                the upsampled token features and the image are cropped to them before the image skip, so f_g's
+                full-resolution work is done on the regions only. ``None``: the whole image.
+            crop_size: ``(H', W')`` the regions are decoded at (required with ``boxes``).
 
         Returns:
             L2-normalised (over channels) features ``(B, D, h * 2**num_upsamples, w * 2**num_upsamples)``,
-            or ``(B, D, H, W)`` with the image skip.
+            or ``(B, D, H, W)`` with the image skip, or ``(B, D, H', W')`` with ``boxes``.
 
         Raises:
             ValueError: when the token count or width does not match ``grid`` / ``in_channels``, or when the
@@ -188,6 +231,11 @@ class GroundingDecoder(nn.Module):
             )
         x = patches.transpose(1, 2).reshape(b, c, h, w)
         x = self.blocks(self.input_proj(x))
+        if boxes is not None:
+            if crop_size is None:
+                raise ValueError("GroundingDecoder: boxes need a crop_size to decode the regions at")
+            x = crop_to_boxes(x, boxes, crop_size)
+            image = None if image is None else crop_to_boxes(image.to(x.dtype), boxes, crop_size)
         if self.image_skip is not None and self.fuse is not None:
             if image is None:
                 raise ValueError("GroundingDecoder: image_skip_channels > 0, so pixel_features needs the image")

@@ -22,3 +22,15 @@ def run_bundle_cli(
         cmd += [f"--{k}", v]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+def small_network(bundle: str, channels: list[int] | None = None, strides: list[int] | None = None):
+    """The bundle's own student network (its ``network_def``, norm included) with small channels: what a tiny
+    training run of that bundle saves."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
+    parser["unet_channels"] = channels or [4, 8]
+    parser["unet_strides"] = strides or [2]
+    return parser.get_parsed_content("network_def", instantiate=True)

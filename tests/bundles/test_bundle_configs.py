@@ -51,21 +51,26 @@ def test_the_vlm_and_the_network_are_defined_once_and_copied(bundle):
 
 
 @pytest.mark.parametrize(
-    "bundle, dataset_dir, channels, lr, batch",
-    [("dussss_monuseg", "data/MoNuSeg", 3, 1e-3, 4), ("dussss_bmseg", "data/BM-Seg", 1, 3e-4, 16)],
+    "bundle, dataset_dir, channels, lr, batch, stage1_lr",
+    [("dussss_monuseg", "data/MoNuSeg", 3, 1e-3, 4, 1e-3), ("dussss_bmseg", "data/BM-Seg", 1, 3e-4, 16, 3e-5)],
 )
-def test_dataset_values(bundle, dataset_dir, channels, lr, batch):
+def test_dataset_values(bundle, dataset_dir, channels, lr, batch, stage1_lr):
+    """Stage 1 of the paper (Adam 3e-5) fine-tunes a pre-trained ViT; MoNuSeg's small conv encoder starts from scratch."""
     train, pretrain = _load(bundle, "train.json"), _load(bundle, "pretrain.json")
     assert (train["learning_rate"], train["batch_size"], train["in_channels"]) == (lr, batch, channels)
-    assert (pretrain["learning_rate"], pretrain["batch_size"], pretrain["in_channels"]) == (3e-5, 32, channels)
+    assert (pretrain["learning_rate"], pretrain["batch_size"], pretrain["in_channels"]) == (stage1_lr, 32, channels)
     for name in ("pretrain.json", "train.json"):
         assert _load(bundle, name)["dataset_dir"] == dataset_dir
     assert _load(bundle, "inference.json")["in_channels"] == channels
     assert train["text_encoder"] is None and pretrain["text_encoder"] is None  # offline default
-    # apart from the dataset values, train.json is QaTa's
+    # apart from the values the generator sets for this bundle, train.json is QaTa's
     qata = _load("dussss_qata_cov19", "train.json")
     differ = {k for k in qata if qata[k] != train[k]}
-    assert differ <= {"dataset_dir", "in_channels", "learning_rate", "batch_size", "augment_flip", "augment_rot90"}
+    gen = _generator()
+    spec = gen.BUNDLES[bundle]
+    overridden = {k.split("#")[0] for k in {**spec["common"], **spec["train"], **spec.get("pretrain", {})}}
+    assert differ <= overridden  # (pretrain.json's values reach train.json through the copied VLM keys)
+    assert differ - set(gen.VLM_KEYS) <= {k.split("#")[0] for k in {**spec["common"], **spec["train"]}}
     # QaTa's sentences name the lung side and zone, so its bundle does not flip; the others keep the paper's flips
     assert (qata["augment_flip"], qata["augment_rot90"]) == (False, False)
     assert (train["augment_flip"], train["augment_rot90"]) == (True, True)
@@ -79,10 +84,13 @@ def test_configs_agree_with_metadata(bundle):
     pred = meta["network_data_format"]["outputs"]["pred"]
     for name in FILES:
         config = _load(bundle, name)
+        if name == "pretrain.json":  # stage 1's image encoder reads the whole image at its own size
+            continue
         if "in_channels" in config:
             assert config["in_channels"] == image["num_channels"], name
-        if "image_size" in config:
-            assert [config["image_size"]] * 2 == image["spatial_shape"] == pred["spatial_shape"], name
+        if "image_size" in config:  # the network's input: the patch in patch training, else the resized image
+            size = config.get("patch_size") or config["image_size"]
+            assert [size] * 2 == image["spatial_shape"] == pred["spatial_shape"], name
     inference = _load(bundle, "inference.json")
     assert inference["network_def"]["out_channels"] == pred["num_channels"] == 1
     for name in ("logging.conf",):
@@ -92,9 +100,10 @@ def test_configs_agree_with_metadata(bundle):
 
 @pytest.mark.parametrize("name", FILES)
 def test_every_workflow_checks_its_command_line_first(name):
-    """`--key None` is dropped by monai.bundle; every workflow refuses it before doing anything else."""
+    """`--key None` is dropped by monai.bundle; every workflow refuses it (and installs the hook that ends a failed
+    run on our message) before doing anything else."""
     for bundle in ALL:
-        assert _load(bundle, name)["initialize"][0] == "$dussss_monai.bundle.check_command_line()"
+        assert _load(bundle, name)["initialize"][0] == "$dussss_monai.bundle.prepare_run()"
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bundle_cli import small_network
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ("dussss_qata_cov19", "dussss_monuseg", "dussss_bmseg")
 SMALL = ["--unet_channels", "[4,8]", "--unet_strides", "[2]"]
@@ -32,20 +34,6 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def _channels(configs: Path) -> int:
     return json.loads((configs / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]["num_channels"]
-
-
-def _small_unet(in_channels: int):
-    from monai.networks.nets import UNet
-
-    return UNet(
-        spatial_dims=2,
-        in_channels=in_channels,
-        out_channels=1,
-        channels=(4, 8),
-        strides=(2,),
-        num_res_units=2,
-        norm="batch",
-    )
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -72,8 +60,8 @@ def test_ckpt_export_matches_eager(bundle, tmp_path):
     configs = REPO_ROOT / "bundles" / bundle / "configs"
     channels = _channels(configs)
     torch.manual_seed(0)
-    net = _small_unet(channels)
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode matters
+    net = small_network(bundle)
+    with torch.no_grad():  # non-trivial BatchNorm statistics (where the bundle has them): eval mode matters
         net.train()
         net(torch.rand(4, channels, 32, 32))
     torch.save(net.state_dict(), tmp_path / "model.pt")  # what train.json's best-model saver writes
@@ -95,7 +83,7 @@ def test_ckpt_export_matches_eager(bundle, tmp_path):
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     scripted = torch.jit.load(str(tmp_path / "model.ts"), map_location="cpu")
-    eager = _small_unet(channels)
+    eager = small_network(bundle)
     eager.load_state_dict(torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True), strict=True)
     eager.eval()
     scripted.eval()

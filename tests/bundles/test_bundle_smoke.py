@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_cli import run_bundle_cli
+from bundle_cli import run_bundle_cli, small_network
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,22 +39,12 @@ def _ok(res: subprocess.CompletedProcess) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
-def _small_unet(in_channels: int):
-    from monai.networks.nets import UNet
-
-    return UNet(
-        spatial_dims=2,
-        in_channels=in_channels,
-        out_channels=1,
-        channels=(4, 8),
-        strides=(2,),
-        num_res_units=2,
-        norm="batch",
-    )
-
-
 # bundle, in_channels, validation folder in the data, stage-1 overrides (BM-Seg's 8 training images < batch 32)
 CASES = [("dussss_monuseg", 3, True, {}), ("dussss_bmseg", 1, False, {"batch_size": "4"})]
+#: MoNuSeg trains on native patches: small ones for 48-pixel generated images, two iterations an epoch
+SMALL_PATCHES = {
+    "dussss_monuseg": {"patch_size": "32", "score_size": "32", "decoder_crop_size": "16", "epoch_length": "2"}
+}
 
 
 @pytest.mark.parametrize("bundle, channels, has_val, pretrain_extra", CASES, ids=[c[0] for c in CASES])
@@ -75,18 +65,31 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
         run_bundle_cli(
             "training",
             configs / "train.json",
-            {**common, **VLM_TINY, **UNET_TINY, "decoder_channels": "8", "batch_size": "2"},
+            {
+                **common,
+                **VLM_TINY,
+                **UNET_TINY,
+                **SMALL_PATCHES.get(bundle, {}),
+                "decoder_channels": "8",
+                "batch_size": "2",
+            },
             tmp_path,
         )
     )
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
-    _small_unet(channels).load_state_dict(state, strict=True)  # a plain state dict of the U-Net
+    small_network(bundle).load_state_dict(state, strict=True)  # a plain state dict of the U-Net
     run_dir = root / "runs" / "dussss_ratio0.25_seed0"
     datalist = json.loads((run_dir / "datalist.json").read_text())
     assert len(datalist["validation"]) == (3 if has_val else 2)  # BM-Seg: held out of the 10 training images
 
-    small = {"image_size": "32", "num_workers": "0", **UNET_TINY, "bundle_root": str(root)}
+    small = {
+        "image_size": "32",
+        "num_workers": "0",
+        **UNET_TINY,
+        **SMALL_PATCHES.get(bundle, {}),
+        "bundle_root": str(root),
+    }
     _ok(
         run_bundle_cli(
             "evaluating",
@@ -113,7 +116,7 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
 
 
 def test_monuseg_real_data_one_tiny_epoch(monuseg_dir, tmp_path):
-    """Stage 2, supervised, on the real 1000x1000 RGB tiles (24 train + 6 val) at image_size 64."""
+    """Stage 2, supervised, on 64-pixel crops of the real 1000x1000 RGB tiles (24 train + 6 val), two iterations."""
     configs = REPO_ROOT / "bundles" / "dussss_monuseg" / "configs"
     root = tmp_path / "bundle"
     _ok(
@@ -125,14 +128,15 @@ def test_monuseg_real_data_one_tiny_epoch(monuseg_dir, tmp_path):
                 "bundle_root": str(root),
                 "max_epochs": "1",
                 "method": "supervised",
-                "image_size": "64",
+                "patch_size": "64",
+                "epoch_length": "2",
                 "num_workers": "0",
                 **UNET_TINY,
             },
             tmp_path,
         )
     )
-    _small_unet(3).load_state_dict(
+    small_network("dussss_monuseg").load_state_dict(
         torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True), strict=True
     )
     datalist = json.loads((root / "runs" / "supervised_ratio0.25_seed0" / "datalist.json").read_text())
@@ -151,7 +155,7 @@ def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
     root = tmp_path / "bundle"
     common = {"dataset_dir": str(data), "bundle_root": str(root), "max_epochs": "1"}
     _ok(run_bundle_cli("training", configs / "pretrain.json", {**common, **VLM_TINY}, tmp_path))
-    patch = {"patch_size": "24", "score_size": "40"}
+    patch = {"patch_size": "24", "score_size": "40", "decoder_crop_size": "12", "epoch_length": "2"}
     _ok(
         run_bundle_cli(
             "training",
@@ -160,7 +164,9 @@ def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
             tmp_path,
         )
     )
-    _small_unet(3).load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
+    small_network("dussss_monuseg").load_state_dict(
+        torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    )
     assert "val_mean_dice" in (root / "runs" / "dussss_ratio0.25_seed0" / "metrics.csv").read_text()
 
     small = {"image_size": "32", "num_workers": "0", **UNET_TINY, **patch, "bundle_root": str(root)}

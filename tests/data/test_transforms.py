@@ -8,13 +8,14 @@ import torch
 from monai.data import DataLoader, Dataset
 from PIL import Image
 
-from dussss_monai.data.transforms import (
-    LoadImage2Dd,
+from dussss_monai.data.pipelines import (
     eval_transforms,
     pretrain_transforms,
+    resize,
     train_transforms,
     unlabeled_transforms,
 )
+from dussss_monai.data.transforms import LoadImage2Dd
 from dussss_monai.errors import DatasetError
 
 
@@ -143,7 +144,7 @@ def test_patch_mode_eval_and_unlabeled_keep_native_size(asym_item):
 
 
 def test_grounding_context_keeps_the_whole_image_and_where_the_patch_lies(asym_item):
-    from dussss_monai.data.transforms import Resize2Dd
+    from monai.transforms import Compose
 
     whole = eval_transforms(image_size=None, channels=1, patch_size=1)(dict(asym_item))  # native, unresized
     pipe = train_transforms(image_size=32, channels=1, patch_size=24, grounding_context=True, augment=False)
@@ -155,7 +156,7 @@ def test_grounding_context_keeps_the_whole_image_and_where_the_patch_lies(asym_i
         assert (round(h * 60), round(w * 44)) == (24, 24)
         assert torch.equal(out["image"], whole["image"][:, y0 : y0 + 24, x0 : x0 + 24])
         assert torch.equal(out["label"], whole["label"][:, y0 : y0 + 24, x0 : x0 + 24])
-        resized = Resize2Dd(["image", "label"], 32)(whole)
+        resized = Compose(resize(["image", "label"], 32, mask_keys=["label"]))(dict(whole))
         assert torch.equal(out["vlm_image"], resized["image"]) and torch.equal(out["vlm_label"], resized["label"])
     un = unlabeled_transforms(image_size=32, channels=1, patch_size=24, grounding_context=True, rotate_degrees=90)
     un.set_random_state(0)
@@ -164,3 +165,30 @@ def test_grounding_context_keeps_the_whole_image_and_where_the_patch_lies(asym_i
     y0, x0 = round(top * 60), round(left * 44)
     assert torch.equal(u["image"], whole["image"][:, y0 : y0 + 24, x0 : x0 + 24])  # no rotation of the patch
     assert tuple(u["vlm_image"].shape) == (1, 32, 32) and "label" not in u
+
+
+def test_stain_jitter_changes_colour_only_and_strong_view_keeps_the_pixels_in_place(tmp_path, png):
+    """Colour augmentation never moves a pixel: the strong view is the weak one with other colours."""
+    img = np.full((40, 40, 3), 60, np.uint8)
+    img[4:30, 5:12] = (200, 120, 180)  # an asymmetric L of pink "tissue" on dark purple
+    img[24:30, 5:33] = (200, 120, 180)
+    item = {"image": str(png(tmp_path / "rgb.png", img)), "label": str(png(tmp_path / "rgb_m.png", (img[..., 0] > 127).astype(np.uint8) * 255)),
+            "text": "t", "name": "rgb.png"}  # fmt: skip
+    plain = train_transforms(image_size=40, channels=3, flip=False, rotate90=False, rotate_degrees=0)(dict(item))
+    jittered = train_transforms(
+        image_size=40, channels=3, flip=False, rotate90=False, rotate_degrees=0, stain_jitter=0.2
+    )
+    jittered.set_random_state(1)
+    out = jittered(dict(item))
+    assert torch.equal(out["label"], plain["label"]) and not torch.allclose(out["image"], plain["image"])
+    assert 0.0 <= float(out["image"].min()) and float(out["image"].max()) <= 1.0
+    un = unlabeled_transforms(image_size=40, channels=3, flip=True, rotate90=True, rotate_degrees=0,
+                              strong_view=True, stain_jitter=0.2)  # fmt: skip
+    un.set_random_state(3)
+    u = un(dict(item))
+    assert u["image_strong"].shape == u["image"].shape and not torch.allclose(u["image_strong"], u["image"])
+    # the same spatial augmentation for both views: the L lies at the same pixels in both
+    weak, strong = u["image"].mean(0), u["image_strong"].mean(0)
+    weak_l, strong_l = weak > (weak.min() + weak.max()) / 2, strong > (strong.min() + strong.max()) / 2
+    assert float((weak_l & strong_l).sum() / (weak_l | strong_l).sum()) > 0.8
+    assert "image_strong" not in unlabeled_transforms(image_size=40, channels=3)(dict(item))

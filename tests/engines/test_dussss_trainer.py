@@ -17,8 +17,9 @@ from monai.transforms import Activationsd, AsDiscreted, Compose
 from stage2_fixtures import TEXTS, RecordingLoss, assert_same, first_step, grads, make_trainer, params
 from torch.utils.data import DataLoader
 
-import dussss_monai.engines.mean_teacher_trainer as mean_teacher_module
+import dussss_monai.engines.student_views as student_views_module
 from dussss_monai.bundle import checkpoint_objects
+from dussss_monai.engines import CutMix
 from dussss_monai.engines.schedules import ConsistencyWeight, sigmoid_rampup
 from dussss_monai.errors import ConfigError, DuSSSError
 from dussss_monai.handlers.checkpoint import AtomicCheckpointSaver, SafeCheckpointLoader
@@ -255,12 +256,12 @@ def test_text_guided_weight_scales_only_f_g_objective():
 def test_cutmix_mixes_every_refined_pseudo_label_with_the_student_boxes(monkeypatch):
     """The VLM sees the clean images; each consistency target is the student's CutMix of the refined label."""
     draws, refined = [], []
-    real_draw = mean_teacher_module.draw_cutmix
+    real_draw = student_views_module.draw_cutmix
     monkeypatch.setattr(
-        mean_teacher_module, "draw_cutmix", lambda *a, **k: draws.append(real_draw(*a, **k)) or draws[-1]
+        student_views_module, "draw_cutmix", lambda *a, **k: draws.append(real_draw(*a, **k)) or draws[-1]
     )
     recording = RecordingLoss()
-    trainer = make_trainer("dussss", batch_u=4, cutmix=True, consistency_loss_function=recording)
+    trainer = make_trainer("dussss", batch_u=4, student_perturbation=CutMix(), consistency_loss_function=recording)
     forward = trainer.refiner.forward
     trainer.refiner.forward = lambda *a, **k: refined.append(forward(*a, **k)) or refined[-1]
     first_step(trainer)
@@ -292,9 +293,9 @@ def test_grounding_supervision_shares_one_vlm_forward_and_matches_a_separate_one
     calls: list[int] = []
     original = trainer.refiner.ground
 
-    def counting_ground(images, texts):
+    def counting_ground(images, texts, boxes=None):
         calls.append(images.shape[0])
-        return original(images, texts)
+        return original(images, texts, boxes)
 
     trainer.refiner.ground = counting_ground
     first_step(trainer)
@@ -316,10 +317,11 @@ def test_confidence_masking_works_with_refined_labels():
     assert math.isfinite(float(trainer.state.output[0]["loss"]))
 
 
-def test_patch_batches_are_grounded_on_the_whole_image_and_cropped_to_the_patch():
-    """With a grounding context (patch training) f_g sees the whole images (``vlm_image``), the text mask of
-    each patch is the crop of the whole image's mask, and f_g's supervision uses the whole masks."""
-    whole, patch = 32, 16
+def test_patch_batches_are_grounded_on_the_whole_image_and_decoded_on_the_patch():
+    """With a grounding context (patch training) the VLM reads the whole images (``vlm_image``) and f_g decodes the
+    region of each patch (``crop_box``) at the refiner's crop size; the text mask is that decoding brought to the
+    patch size; f_g's supervision uses the labeled patches' regions of the whole images and masks."""
+    whole, patch, crop = 32, 16, 8
 
     def items(n, labeled, seed):
         g = torch.Generator().manual_seed(seed)
@@ -344,23 +346,31 @@ def test_patch_batches_are_grounded_on_the_whole_image_and_cropped_to_the_patch(
     )
     trainer.data_loader = DataLoader(items(2, True, 0), batch_size=1)
     refiner = trainer.refiner
+    refiner.crop_size = (crop, crop)
+    before = copy.deepcopy(refiner)
     grounded, refined = [], []
     original_ground, original_forward = refiner.ground, refiner.forward
 
-    def ground(images, texts):
-        result = original_ground(images, texts)
-        grounded.append((images.shape, result.feature_logits.detach().clone()))
+    def ground(images, texts, boxes=None):
+        result = original_ground(images, texts, boxes)
+        grounded.append((images.shape, None if boxes is None else boxes.clone(), result))
         return result
 
     refiner.ground = ground
     refiner.forward = lambda *a, **k: refined.append((a[2].shape, original_forward(*a, **k))) or refined[-1][1]
     first_step(trainer)
-    # one fused forward: 2 unlabeled + 1 labeled WHOLE images
-    assert [shape for shape, _ in grounded] == [torch.Size([3, 1, whole, whole])]
+    # one fused forward: 2 unlabeled + 1 labeled WHOLE images, each with its patch's box
+    ((shape, boxes, result),) = grounded
+    assert shape == torch.Size([3, 1, whole, whole]) and boxes.shape == (3, 4)
+    assert result.text_logits.shape == (3, 1, crop, crop)
+    torch.testing.assert_close(boxes[:2], trainer.state.unlabeled_batch["crop_box"])
     teacher_shape, refinement = refined[0]
     assert teacher_shape == refinement.text_mask.shape == torch.Size([2, 1, patch, patch])
-    # the patch's text mask is the crop of the whole image's
-    expected = refiner.crop_to_boxes(grounded[0][1][:2], trainer.state.unlabeled_batch["crop_box"], (patch, patch))
+    # the patch's text mask is f_g's decoding of its region, brought to the patch size
+    with torch.no_grad():
+        expected = before.eval().ground(trainer.state.unlabeled_batch["vlm_image"], trainer.state.unlabeled_batch["text"],
+                                        trainer.state.unlabeled_batch["crop_box"]).text_logits  # fmt: skip
+    expected = torch.nn.functional.interpolate(expected, size=(patch, patch), mode="bilinear", align_corners=False)
     torch.testing.assert_close(refinement.text_mask, torch.sigmoid(expected), rtol=1e-4, atol=1e-5)
     assert "loss_ground" in trainer.state.output[0]
 

@@ -23,7 +23,6 @@ from stage2_fixtures import (
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-import dussss_monai.engines.mean_teacher_trainer as mean_teacher_module
 from dussss_monai.bundle import checkpoint_objects
 from dussss_monai.engines import MeanTeacherTrainer
 from dussss_monai.engines.schedules import ConsistencyWeight, sigmoid_rampup
@@ -194,36 +193,6 @@ def test_student_image_key_gives_the_student_its_own_view():
     batch = trainer.state.unlabeled_batch
     torch.testing.assert_close(seen["teacher"][0], batch["image"])
     torch.testing.assert_close(seen["student"][1], batch["image_strong"])
-
-
-def test_cutmix_mixes_the_student_input_and_the_pseudo_label_with_the_same_boxes(monkeypatch):
-    draws, student_inputs, teacher_io = [], [], []
-    real_draw = mean_teacher_module.draw_cutmix
-    monkeypatch.setattr(
-        mean_teacher_module, "draw_cutmix", lambda *a, **k: draws.append(real_draw(*a, **k)) or draws[-1]
-    )
-    recording = RecordingLoss()
-    trainer = make_trainer("mean_teacher", batch_u=4, cutmix=True, consistency_loss_function=recording)
-    trainer.network.register_forward_pre_hook(lambda m, a: student_inputs.append(a[0].detach().clone()))
-    trainer.teacher.register_forward_hook(
-        lambda m, a, out: teacher_io.append((a[0].detach().clone(), out.detach().clone()))
-    )
-    first_step(trainer)
-    (draw,) = draws
-    clean = trainer.state.unlabeled_batch["image"]
-    torch.testing.assert_close(teacher_io[0][0], clean)
-    torch.testing.assert_close(student_inputs[1], draw.apply(clean))  # [0] is the labeled batch
-    assert not torch.equal(student_inputs[1], clean)
-    (target,) = recording.targets
-    torch.testing.assert_close(target, draw.apply(torch.sigmoid(teacher_io[0][1])))
-
-
-def test_cutmix_leaves_a_batch_of_one_image_unmixed():
-    student_inputs = []
-    trainer = make_trainer("mean_teacher", batch_u=1, cutmix=True)
-    trainer.network.register_forward_pre_hook(lambda m, a: student_inputs.append(a[0].detach().clone()))
-    first_step(trainer)
-    torch.testing.assert_close(student_inputs[1], trainer.state.unlabeled_batch["image"])
 
 
 def test_consistency_loss_function_is_used_for_unlabeled_terms_only():

@@ -196,7 +196,7 @@ def test_demo_data_pipeline_runs(minilm, tmp_path):
     from monai.data import DataLoader, Dataset
 
     from dussss_monai.data.lvit import read_lvit_dataset
-    from dussss_monai.data.transforms import eval_transforms, pretrain_transforms
+    from dussss_monai.data.pipelines import eval_transforms, pretrain_transforms
 
     root = demo.generate_demo_dataset(tmp_path / "demo", n_train=16, n_val=8, n_test=0, image_size=64, seed=0)
     dl = read_lvit_dataset(root, check=False)

@@ -1,0 +1,233 @@
+"""The MoNuSeg comparison of docs/results.md: the plain MONAI U-Net reference next to the MoNuSeg bundle's
+supervised, mean-teacher and DuSSS runs (and DuSSS with rotated sentences), on the same splits, in one session.
+
+For each seed ``s`` of ``--seeds``:
+
+1. the bundle's split of ``--ratio`` and ``s`` is written (``prepare_datalist``, as the bundle itself does);
+2. ``--reference`` (the plain U-Net script, when given) trains on that split's labeled tiles (``--split_json``);
+3. stage 1 (``configs/pretrain.json``) runs once, at ``--stage1_seed``, for every DuSSS method: it reads all
+   training image-sentence pairs and no mask, so one model serves every split;
+4. each method runs ``configs/train.json --method ...`` and then ``train.json + evaluate.json`` on the validation
+   tiles (the student of the best validation epoch); ``dussss_rotated`` is DuSSS with every unlabeled image
+   grounded with its neighbour's sentence (``benchmarks/rotated_text_control.py``).
+
+Every number is the mean Dice over the 6 validation tiles, the tiles the best epoch is chosen on (the reference
+chooses its best evaluation on them too). Finished runs (``eval/summary.json``) are reused. Output in
+``--workdir``: ``results.json`` (every run, with wall times) and ``results.md`` (per-seed table, mean ± sd).
+
+Usage::
+
+    python benchmarks/monuseg_table.py --dataset_dir ../shared/data/monuseg --workdir runs/monuseg_r25 \\
+        --ratio 0.25 --seeds 0,1,2 --reference ../shared/reference/plain_unet_monuseg.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from bundle_runner import run_bundle  # noqa: E402
+
+from dussss_monai.errors import DuSSSError  # noqa: E402
+from dussss_monai.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+BUNDLE = REPO / "bundles" / "dussss_monuseg"
+CONFIGS = BUNDLE / "configs"
+ROTATED = REPO / "benchmarks" / "rotated_text_control.py"
+#: method name -> (bundle --method, grounded with rotated sentences)
+METHODS = {
+    "supervised": ("supervised", False),
+    "mean_teacher": ("mean_teacher", False),
+    "dussss": ("dussss", False),
+    "dussss_rotated": ("dussss", True),
+}
+TITLES = {
+    "reference": "plain MONAI U-Net (reference)",
+    "supervised": "supervised",
+    "mean_teacher": "mean teacher",
+    "dussss": "DuSSS",
+    "dussss_rotated": "DuSSS, rotated sentences (control)",
+}
+
+
+def parse_extra(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as bundle overrides (VALUE parsed as JSON where it can be)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise DuSSSError(f"--extra expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def write_split(dataset_dir: Path, folder: Path, ratio: float, seed: int) -> Path:
+    """The bundle's split file of ``ratio`` and ``seed`` (the one its training run writes too)."""
+    from dussss_monai.data import prepare_datalist
+
+    prepare_datalist(dataset_dir, folder, labeled_ratio=ratio, seed=seed, channels=3)
+    name = f"split_ratio{ratio:g}_seed{seed}.json"
+    return folder / name
+
+
+def run_reference(script: Path, split: Path, seed: int, dataset_dir: Path, log: Path, extra: Sequence[str]) -> dict:
+    """Run the reference script on ``split``; returns its final JSON line with the wall time."""
+    done = log.with_suffix(".json")
+    if done.is_file():
+        return json.loads(done.read_text())
+    cmd = [sys.executable, str(script), "--dataset_dir", str(dataset_dir), "--split_json", str(split),
+           "--seed", str(seed), *extra]  # fmt: skip
+    print("$ " + shlex.join(cmd), flush=True)
+    start = time.time()
+    with open(log, "w", encoding="utf-8") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True).returncode
+    lines = log.read_text(encoding="utf-8").strip().splitlines()
+    if rc != 0 or not lines:
+        raise DuSSSError(f"reference failed (exit {rc}); log: {log}")
+    result = json.loads(lines[-1])
+    result["wall_seconds"] = round(time.time() - start, 1)
+    atomic_write_json(done, result)
+    return result
+
+
+def run_method(name: str, seed: int, args: argparse.Namespace, vlm: Path | None, env: dict[str, str]) -> dict:
+    """Stage 2 and evaluation of one method and seed; returns the evaluation summary with the wall times."""
+    method, rotated = METHODS[name]
+    folder = Path(args.workdir) / f"seed{seed}" / name
+    summary = folder / "eval" / "summary.json"
+    if summary.is_file():
+        return json.loads((folder / "result.json").read_text())
+    settings: dict[str, Any] = {
+        "dataset_dir": str(Path(args.dataset_dir).resolve()), "bundle_root": str(folder), "method": method,
+        "seed": seed, "labeled_ratio": args.ratio, "ckpt_dir": str(folder / "models"), **parse_extra(args.extra),
+    }  # fmt: skip
+    if vlm is not None:
+        settings["vlm_checkpoint"] = str(vlm)
+    train = CONFIGS / "train.json"
+    runner = [str(ROTATED)] if rotated else None
+    start = time.time()
+    run_bundle(train, "training", {**settings, "output_dir": str(folder / "run")}, folder / "train.log", env,
+               script=runner)  # fmt: skip
+    train_seconds = time.time() - start
+    layered = [train, CONFIGS / "evaluate.json"]
+    evaluation = {**settings, "split": "validation"}
+    run_bundle(layered, "evaluating", {**evaluation, "output_dir": str(folder / "eval_tta"), "flip_tta": True},
+               folder / "evaluate_tta.log", env)  # fmt: skip
+    run_bundle(layered, "evaluating", {**evaluation, "output_dir": str(folder / "eval"), "flip_tta": False},
+               folder / "evaluate.log", env)  # fmt: skip
+    tta = json.loads((folder / "eval_tta" / "summary.json").read_text())
+    result = {**json.loads(summary.read_text()), "tta_dice": tta["mean_dice"], "train_seconds": round(train_seconds, 1)}
+    atomic_write_json(folder / "result.json", result)
+    return result
+
+
+def ensure_stage1(args: argparse.Namespace, env: dict[str, str]) -> Path:
+    """The shared stage-1 model (trained once)."""
+    folder = Path(args.workdir) / "stage1"
+    vlm = folder / "models" / "vlm.pt"
+    if vlm.is_file() and (folder / "stage1.json").is_file():
+        return vlm
+    settings = {"dataset_dir": str(Path(args.dataset_dir).resolve()), "bundle_root": str(folder),
+                "seed": args.stage1_seed, "ckpt_dir": str(folder / "models"), **parse_extra(args.stage1_extra)}  # fmt: skip
+    seconds = run_bundle(CONFIGS / "pretrain.json", "training", settings, folder / "pretrain.log", env)
+    atomic_write_json(folder / "stage1.json", {"seconds": round(seconds, 1)})
+    return vlm
+
+
+def _cell(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    return f"{mean:.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+
+def report(results: dict[str, dict[int, dict]], args: argparse.Namespace, seeds: Sequence[int]) -> str:
+    """``results.md``: Dice (%) per seed, mean ± sd, and the mean wall time of training."""
+    lines = [
+        f"# MoNuSeg, {args.ratio:g} of the labels, validation Dice (%)",
+        "",
+        "Command: `python benchmarks/monuseg_table.py " + " ".join(sys.argv[1:]) + "`",
+        "",
+        "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd | with flip TTA | training time (min) |",
+        "|---|" + "---|" * len(seeds) + "---|---|---|",
+    ]
+    for name, per_seed in results.items():
+        dice = [per_seed[s]["dice"] for s in seeds if s in per_seed]
+        tta = [100 * per_seed[s]["tta_dice"] for s in seeds if s in per_seed and "tta_dice" in per_seed[s]]
+        cells = [f"{per_seed[s]['dice']:.2f}" if s in per_seed else "–" for s in seeds]
+        minutes = [per_seed[s]["seconds"] / 60 for s in seeds if s in per_seed and per_seed[s].get("seconds")]
+        time_cell = f"{statistics.fmean(minutes):.1f}" if minutes else "–"
+        lines.append(
+            f"| {TITLES.get(name, name)} | " + " | ".join(cells) + f" | {_cell(dice)} | {_cell(tta)} | {time_cell} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data" / "monuseg"))
+    parser.add_argument("--workdir", default="runs/monuseg")
+    parser.add_argument("--ratio", type=float, default=0.25)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default="reference,supervised,mean_teacher,dussss,dussss_rotated")
+    parser.add_argument("--reference", default=None, help="the plain U-Net script (runs when 'reference' is listed)")
+    parser.add_argument("--reference_extra", action="append", default=[], help="an argument of the reference")
+    parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE override of stage 2 (repeatable)")
+    parser.add_argument("--stage1_extra", action="append", default=[], help="KEY=VALUE override of stage 1")
+    parser.add_argument("--stage1_seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m != "reference" and m not in METHODS]
+        if unknown:
+            raise DuSSSError(f"unknown method(s) {unknown}; choose from reference, {', '.join(METHODS)}")
+        if "reference" in methods and not args.reference:
+            raise DuSSSError("'reference' is listed but --reference names no script")
+        data = Path(args.dataset_dir).resolve()
+        if not (data / "Train_Folder").is_dir():
+            raise DuSSSError(f"{data} is not a MoNuSeg folder in LViT's layout (no Train_Folder)")
+        work = Path(args.workdir).resolve()
+        args.workdir = str(work)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        vlm = ensure_stage1(args, env) if any(m.startswith("dussss") for m in methods) else None
+        results: dict[str, dict[int, dict]] = {m: {} for m in methods}
+        for seed in seeds:
+            split = write_split(data, work / f"seed{seed}" / "split", args.ratio, seed)
+            for name in methods:
+                print(f"== seed {seed}: {name}", flush=True)
+                if name == "reference":
+                    r = run_reference(Path(args.reference), split, seed, data, work / f"seed{seed}" / "reference.log",
+                                      args.reference_extra)  # fmt: skip
+                    results[name][seed] = {"dice": r["best_val_dice"], "seconds": r["wall_seconds"], **r}
+                else:
+                    r = run_method(name, seed, args, vlm, env)
+                    results[name][seed] = {"dice": 100 * r["mean_dice"], "seconds": r["train_seconds"], **r}
+                print(f"   {name} seed {seed}: {results[name][seed]['dice']:.2f}", flush=True)
+                atomic_write_json(work / "results.json", results)
+        text = report(results, args, seeds)
+        atomic_write_text(work / "results.md", text)
+        print(text)
+        return 0
+    except DuSSSError as e:
+        print(f"monuseg_table: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
