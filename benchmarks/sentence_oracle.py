@@ -160,7 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dussss_monai.data import read_lvit_dataset
 
         data = read_lvit_dataset(args.dataset_dir, channels=3)
-        out: dict = {"train": sentence_agreement(data["training"]), "validation": sentence_agreement(data["validation"])}
+        out: dict = {
+            "train": sentence_agreement(data["training"]),
+            "validation": sentence_agreement(data["validation"]),
+        }
         if args.checkpoint:
             out["oracle"] = oracle_gains(Path(args.checkpoint), data["validation"], args.patch_size, args.score_size)
     except DuSSSError as e:

@@ -44,16 +44,14 @@ from monai.transforms import (
     RandAdjustContrastd,
     RandFlipd,
     RandGaussianNoised,
-    RandGaussianSmoothd,
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
     Resized,
-    ScaleIntensityRanged,
     SpatialPadd,
 )
 
-from dussss_monai.data.stain import RandHEDJitterd
+from dussss_monai.data.augmentations import clip_to_unit_range, colour_augmentations, strong_view_augmentations
 from dussss_monai.data.transforms import (
     CONTEXT_IMAGE_KEY,
     CONTEXT_LABEL_KEY,
@@ -67,10 +65,7 @@ from dussss_monai.errors import ConfigError
 
 __all__ = [
     "resize",
-    "clip_to_unit_range",
     "spatial_augmentations",
-    "colour_augmentations",
-    "strong_view_augmentations",
     "to_network_size",
     "train_transforms",
     "eval_transforms",
@@ -91,13 +86,6 @@ def resize(
         Resized(keys, _size_pair(size), mode=modes, anti_aliasing=smooth, allow_missing_keys=allow_missing_keys),
         *clip_to_unit_range([k for k in keys if k not in mask_keys], allow_missing_keys=True),
     ]
-
-
-def clip_to_unit_range(keys: Sequence[str], allow_missing_keys: bool = False) -> list[MapTransform]:
-    """Clip images to ``[0, 1]`` after interpolation or intensity jitter (MONAI's ``ScaleIntensityRanged``)."""
-    if not keys:
-        return []
-    return [ScaleIntensityRanged(list(keys), 0.0, 1.0, 0.0, 1.0, clip=True, allow_missing_keys=allow_missing_keys)]
 
 
 def spatial_augmentations(
@@ -146,27 +134,6 @@ def spatial_augmentations(
             )
         )
     return out
-
-
-def colour_augmentations(key: str, stain_jitter: float = 0.0) -> list[MapTransform]:
-    """Colour augmentation of an H&E image: HED stain jitter of ``stain_jitter`` (0: none), then clipping."""
-    if stain_jitter <= 0:
-        return []
-    return [RandHEDJitterd(key, sigma=stain_jitter, prob=1.0), *clip_to_unit_range([key])]
-
-
-def strong_view_augmentations(key: str, stain_jitter: float = 0.0) -> list[MapTransform]:
-    """The student's strong view of an unlabeled image (FixMatch / UniMatch style, colour and blur only, so that the
-    pixels stay where the teacher's pseudo label puts them): stain jitter of ``stain_jitter`` (RGB only; 0: none),
-    brightness and contrast, Gaussian blur and noise, then clipping."""
-    out: list[MapTransform] = [RandHEDJitterd(key, sigma=stain_jitter, prob=0.8)] if stain_jitter > 0 else []
-    return out + [
-        RandScaleIntensityd(key, factors=0.3, prob=0.8),
-        RandAdjustContrastd(key, gamma=(0.5, 2.0), prob=0.8),
-        RandGaussianSmoothd(key, sigma_x=(0.25, 1.5), sigma_y=(0.25, 1.5), prob=0.5),
-        RandGaussianNoised(key, std=0.03, prob=0.3),
-        *clip_to_unit_range([key]),
-    ]
 
 
 def _finish(keys: Sequence[str]) -> list[MapTransform]:

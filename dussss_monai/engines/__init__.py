@@ -5,9 +5,10 @@ Stage 2 is a family of MONAI trainers: supervised training is MONAI's ``Supervis
 :class:`DuSSSTrainer` overrides its pseudo-label hook with the VLM refiner and trains f_g.
 """
 
+from dussss_monai.engines.batches import LabeledBatch, StudentView, UnlabeledBatch
 from dussss_monai.engines.dussss_trainer import DuSSSTrainer
 from dussss_monai.engines.ema import ema_decay, ema_update
-from dussss_monai.engines.mean_teacher_trainer import LabeledBatch, MeanTeacherTrainer, StudentView, UnlabeledBatch
+from dussss_monai.engines.mean_teacher_trainer import MeanTeacherTrainer
 from dussss_monai.engines.schedules import ConsistencyWeight, sigmoid_rampup
 from dussss_monai.engines.student_views import CopyPaste, CutMix
 from dussss_monai.engines.unlabeled_stream import UnlabeledStream

@@ -18,8 +18,9 @@ import torch
 from torch.optim.optimizer import Optimizer
 
 from dussss_monai.data.transforms import CONTEXT_IMAGE_KEY, CONTEXT_LABEL_KEY, CROP_BOX_KEY
+from dussss_monai.engines.batches import LabeledBatch, UnlabeledBatch
 from dussss_monai.engines.distributed import average_gradients, broadcast_from_rank0
-from dussss_monai.engines.mean_teacher_trainer import LabeledBatch, MeanTeacherTrainer, UnlabeledBatch
+from dussss_monai.engines.mean_teacher_trainer import MeanTeacherTrainer
 from dussss_monai.errors import ConfigError, DuSSSError
 from dussss_monai.refiner import GroundingTargets, Refinement, VLMPseudoLabelRefiner
 

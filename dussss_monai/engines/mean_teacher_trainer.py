@@ -22,7 +22,6 @@ import copy
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
+from dussss_monai.engines.batches import LabeledBatch, StudentView, UnlabeledBatch
 from dussss_monai.engines.distributed import broadcast_from_rank0, unwrap_network
 from dussss_monai.engines.ema import ema_decay as teacher_ema_decay
 from dussss_monai.engines.schedules import ConsistencyWeight
@@ -39,53 +39,7 @@ from dussss_monai.errors import ConfigError, DuSSSError
 from dussss_monai.handlers.nonfinite import check_finite_losses
 from dussss_monai.utils.ema import ema_update
 
-__all__ = ["MeanTeacherTrainer", "StudentView", "LabeledBatch", "UnlabeledBatch"]
-
-
-@dataclass
-class LabeledBatch:
-    """The labeled batch of one iteration: ``images`` and ``masks`` on the device, ``data`` as the loader gave it."""
-
-    images: torch.Tensor
-    masks: torch.Tensor
-    data: Any
-
-
-@dataclass
-class UnlabeledBatch:
-    """The unlabeled batch of one iteration.
-
-    Attributes:
-        images: the teacher's view ``(B, C, H, W)`` on the device.
-        student_images: the student's view before any batch-level perturbation: the batch's
-            ``student_image_key`` (a strongly augmented copy made by the data pipeline) when the trainer names one,
-            else ``images``.
-        data: the batch as the loader gave it (sentences, grounding context ...).
-    """
-
-    images: torch.Tensor
-    student_images: torch.Tensor
-    data: Any
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-@dataclass
-class StudentView:
-    """What the student sees of an unlabeled batch, and how a pseudo label of the clean batch maps onto it.
-
-    Attributes:
-        images: the student's input ``(B', C, H, W)``.
-        carry: maps a pseudo label of the teacher's view ``(B, 1, H, W)`` to the target of ``images``
-            ``(B', 1, H, W)`` (e.g. mixed with the same CutMix boxes).
-        weight: optional per-pixel weight of the consistency loss ``(B', 1, H, W)``.
-    """
-
-    images: torch.Tensor
-    carry: Callable[[torch.Tensor], torch.Tensor] = _identity
-    weight: torch.Tensor | None = None
+__all__ = ["MeanTeacherTrainer"]
 
 
 def _accepts_keyword(fn: Callable, name: str) -> bool:

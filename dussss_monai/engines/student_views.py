@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from dussss_monai.engines.batches import LabeledBatch, StudentView, UnlabeledBatch
 from dussss_monai.engines.cutmix import draw_cutmix
-from dussss_monai.engines.mean_teacher_trainer import LabeledBatch, StudentView, UnlabeledBatch
 from dussss_monai.errors import ConfigError
 
 __all__ = ["CutMix", "CopyPaste", "centre_boxes"]

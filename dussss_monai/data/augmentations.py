@@ -1,0 +1,46 @@
+"""Colour augmentations of the images (never of the masks): H&E stain jitter for labeled crops, and the student's
+strong view of unlabeled ones. Neither moves a pixel, so a mask or a pseudo label computed on the weak view stays
+right for the strong one."""
+
+from __future__ import annotations
+
+from monai.transforms import (
+    MapTransform,
+    RandAdjustContrastd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    ScaleIntensityRanged,
+)
+
+from dussss_monai.data.stain import RandHEDJitterd
+
+__all__ = ["clip_to_unit_range", "colour_augmentations", "strong_view_augmentations"]
+
+
+def clip_to_unit_range(keys: list[str] | tuple[str, ...], allow_missing_keys: bool = False) -> list[MapTransform]:
+    """Clip images to ``[0, 1]`` after interpolation or intensity jitter (MONAI's ``ScaleIntensityRanged``)."""
+    if not keys:
+        return []
+    return [ScaleIntensityRanged(list(keys), 0.0, 1.0, 0.0, 1.0, clip=True, allow_missing_keys=allow_missing_keys)]
+
+
+def colour_augmentations(key: str, stain_jitter: float = 0.0) -> list[MapTransform]:
+    """Colour augmentation of an H&E image: HED stain jitter of ``stain_jitter`` (0: none), then clipping."""
+    if stain_jitter <= 0:
+        return []
+    return [RandHEDJitterd(key, sigma=stain_jitter, prob=1.0), *clip_to_unit_range([key])]
+
+
+def strong_view_augmentations(key: str, stain_jitter: float = 0.0) -> list[MapTransform]:
+    """The student's strong view of an unlabeled image (FixMatch / UniMatch style, colour and blur only, so that the
+    pixels stay where the teacher's pseudo label puts them): stain jitter of ``stain_jitter`` (RGB only; 0: none),
+    brightness and contrast, Gaussian blur and noise, then clipping."""
+    out: list[MapTransform] = [RandHEDJitterd(key, sigma=stain_jitter, prob=0.8)] if stain_jitter > 0 else []
+    return out + [
+        RandScaleIntensityd(key, factors=0.3, prob=0.8),
+        RandAdjustContrastd(key, gamma=(0.5, 2.0), prob=0.8),
+        RandGaussianSmoothd(key, sigma_x=(0.25, 1.5), sigma_y=(0.25, 1.5), prob=0.5),
+        RandGaussianNoised(key, std=0.03, prob=0.3),
+        *clip_to_unit_range([key]),
+    ]
