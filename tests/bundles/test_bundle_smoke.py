@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_cli import run_bundle_cli, small_network
 from PIL import Image
+
+from bundle_cli import run_bundle_cli, small_network
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLM_TINY = {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from bundle_cli import run_bundle_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
