@@ -51,6 +51,11 @@ BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
             "augment_flip": True,
             "augment_rot90": True,
             "augment_degrees": 0.0,
+            "stain_jitter": 0.05,
+            "strong_view": True,
+            "strong_stain_jitter": 0.1,
+            "perturbation": "cutmix",
+            "flip_tta": True,
             "patch_size": 256,
             "score_size": 224,
             "epoch_length": 25,
@@ -61,8 +66,6 @@ BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
             "decoder_channels": 32,
             "decoder_image_skip_channels": 16,
             "decoder_crop_size": 128,
-            "text_logit_scale_init": 10.0,
-            "text_logit_scale_max": 10.0,
             "loss": {"_target_": "DiceCELoss", "sigmoid": True},
             "train#lr_scheduler": {
                 "_target_": "torch.optim.lr_scheduler.ConstantLR",
@@ -71,7 +74,7 @@ BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
                 "total_iters": 0,
             },
         },
-        "inference": {"patch_size": 256},
+        "inference": {"patch_size": 256, "flip_tta": True},
         # stage 1 on the whole tiles at 384 px (nuclei stay visible), a small convolutional image encoder trained
         # from scratch (a ViT-B/16 does not learn from 24 tiles); 24 training tiles are fewer than the batch of 32:
         # keep the one partial batch per epoch

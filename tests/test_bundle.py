@@ -240,11 +240,12 @@ def test_check_command_line_refuses_json_spelled_literals_that_fire_reads_as_str
     from dussss_monai.bundle import check_command_line
 
     base = ["monai.bundle", "run", "training", "--config_file", "train.json"]
-    check_command_line(base + ["--use_text_loss", "False", "--cutmix=True", "--run_name", "falsehood"])  # fine
+    check_command_line(base + ["--use_text_loss", "False", "--strong_view=True", "--run_name", "falsehood"])  # fine
     with pytest.raises(
-        ConfigError, match=r"--use_text_loss false, --cutmix true: .*string.*--use_text_loss False --cutmix True"
+        ConfigError,
+        match=r"--use_text_loss false, --strong_view true: .*string.*--use_text_loss False --strong_view True",
     ):
-        check_command_line(base + ["--use_text_loss", "false", "--cutmix", "true"])
+        check_command_line(base + ["--use_text_loss", "false", "--strong_view", "true"])
     with pytest.raises(ConfigError, match=r"--patch_size null.*--patch_size '\$None'"):
         check_command_line(base + ["--patch_size=null"])
     with pytest.raises(ConfigError, match=r"--a None.*'\$None'; --b FALSE.*--b False"):  # both problems in one message
