@@ -49,6 +49,15 @@ def test_report_of_one_seed_has_no_spread():
     args = argparse.Namespace(labeled_ratio=0.5, seed=0, pretrain_epochs=1, epochs=1)
     text = demo._report(results, args, 60.0, Path("w"))
     assert "| Mean teacher | 50.00 | 50.00 | 40.00 | 4 |" in text
+    assert "One seed ranks nothing" in text and "SEEDS=0,1,2" in text
+
+
+def test_report_of_several_seeds_does_not_ask_for_more():
+    results = {
+        "supervised": {0: {"mean_dice": 0.5, "mean_iou": 0.4, "n": 4}, 1: {"mean_dice": 0.6, "mean_iou": 0.5, "n": 4}}
+    }
+    args = argparse.Namespace(labeled_ratio=0.5, seed=0, pretrain_epochs=1, epochs=1)
+    assert "One seed ranks nothing" not in demo._report(results, args, 60.0, Path("w"))
 
 
 def test_bad_seed_list_is_a_clear_error_before_any_work(tmp_path, capsys):
