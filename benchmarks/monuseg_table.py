@@ -177,6 +177,23 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace, seeds:
     return "\n".join(lines) + "\n"
 
 
+def collect(args: argparse.Namespace) -> int:
+    """Merge the ``results.json`` of several workdirs (e.g. methods run in parallel processes) into one table."""
+    merged: dict[str, dict[int, dict]] = {}
+    for folder in args.collect:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            print(f"monuseg_table: no {path}", file=sys.stderr)
+            return 1
+        for name, per_seed in json.loads(path.read_text()).items():
+            merged.setdefault(name, {}).update({int(k): v for k, v in per_seed.items()})
+    order = ["reference", *METHODS]
+    merged = {m: merged[m] for m in sorted(merged, key=lambda m: order.index(m) if m in order else len(order))}
+    seeds = sorted({s for per_seed in merged.values() for s in per_seed})
+    print(report(merged, args, seeds))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data" / "monuseg"))
@@ -189,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE override of stage 2 (repeatable)")
     parser.add_argument("--stage1_extra", action="append", default=[], help="KEY=VALUE override of stage 1")
     parser.add_argument("--stage1_seed", type=int, default=0)
+    parser.add_argument("--collect", nargs="+", default=None, help="only merge the results.json of these workdirs")
     args = parser.parse_args(argv)
+    if args.collect:
+        return collect(args)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
