@@ -64,7 +64,7 @@ TRAIN_OVERRIDES: dict[str, object] = {
     "unet_strides": [2, 2, 2],
     "learning_rate": 0.003,
     "min_learning_rate": 0.0003,
-    # 240 steps in all: a teacher averaging ~100 steps (0.99) lags the student too far behind
+    # about 200 steps in all: a teacher averaging ~100 steps (0.99) lags the student too far behind
     # (docs/notebook/2026-11-27_benchmarks.md: mean teacher 60.5 -> 71.2 validation Dice at seed 0)
     "ema_decay": 0.9,
     # f_g reads the image as well as the 8 x 8 patch tokens (its mask Dice 21 -> 65 when trained alone), so
@@ -90,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/demo", help="where models, logs and the report go")
     parser.add_argument("--dataset_dir", default="demo_data/qata_cov19", help="where the demo data is generated")
-    parser.add_argument("--pretrain_epochs", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=30, help="stage-2 epochs, the same for every method")
+    parser.add_argument("--pretrain_epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=24, help="stage-2 epochs, the same for every method")
     parser.add_argument("--labeled_ratio", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and of stage 1")
     parser.add_argument(
