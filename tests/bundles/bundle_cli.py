@@ -24,13 +24,19 @@ def run_bundle_cli(
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 
 
-def small_network(bundle: str, channels: list[int] | None = None, strides: list[int] | None = None):
-    """The bundle's own student network (its ``network_def``, norm included) with small channels: what a tiny
-    training run of that bundle saves."""
+def bundle_network(bundle: str, **overrides):
+    """The bundle's own student network (``network_def`` of its ``inference.json``), with ``overrides`` of the
+    config's values."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
-    parser["unet_channels"] = channels or [4, 8]
-    parser["unet_strides"] = strides or [2]
+    for key, value in overrides.items():
+        parser[key] = value
     return parser.get_parsed_content("network_def", instantiate=True)
+
+
+def small_network(bundle: str, channels: list[int] | None = None, strides: list[int] | None = None):
+    """The bundle's own student network (norm included) with small channels: what a tiny training run of that
+    bundle saves."""
+    return bundle_network(bundle, unet_channels=channels or [4, 8], unet_strides=strides or [2])

@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_cli import run_bundle_cli
+from dussss_monai.utils.io import safe_torch_load
+
+from bundle_cli import bundle_network, run_bundle_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = REPO_ROOT / "bundles" / "dussss_monuseg"
@@ -21,20 +23,12 @@ WEIGHTS = BUNDLE / "models" / "model.pt"
 pytestmark = pytest.mark.slow
 
 
-def _network():
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    return parser.get_parsed_content("network_def", instantiate=True)
-
-
 def test_weights_are_a_small_float16_state_dict_of_the_bundles_network():
     assert WEIGHTS.stat().st_size < 30 * 2**20
-    state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    state = safe_torch_load(WEIGHTS)
     floats = [v for v in state.values() if torch.is_floating_point(v)]
     assert floats and all(v.dtype == torch.float16 for v in floats)
-    net = _network()
+    net = bundle_network("dussss_monuseg")
     net.load_state_dict(state, strict=True)  # float16 tensors copy into the float32 parameters
     assert next(net.parameters()).dtype == torch.float32
     with torch.no_grad():
