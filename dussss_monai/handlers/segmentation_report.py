@@ -15,10 +15,12 @@ report. The means are also put into ``engine.state.metrics`` as ``report_mean_di
 
 Conventions (stated here once, used everywhere):
 
-- **Resolution**: scores are computed at the resolution of the evaluator's data, i.e. after the eval
-  transforms, 224x224 in the bundles: the image is resized to 224x224 and the ground-truth mask is
-  resized to the same size with nearest-neighbour interpolation, so prediction and mask are compared
-  on the same grid (the DuSSS/LViT protocol). Scores at native resolution differ by a few points.
+- **Resolution**: scores are computed on the grid of the ``pred`` and ``label`` the handler is given,
+  224x224 in the bundles (the DuSSS/LViT protocol). The QaTa-COV19 and BM-Seg bundles resize the image
+  and, with nearest-neighbour interpolation, the mask to 224x224 in their eval transforms; the MoNuSeg
+  bundle predicts the native tile by sliding window and its post-processing
+  (``dussss_monai.bundle.scoring_postprocessing``) resizes the probabilities bilinearly and the mask with
+  nearest neighbour to ``score_size`` before the threshold. Scores at native resolution differ.
 - **Foreground**: ``pred`` is a one-channel map. With ``logits=False`` (default) it must hold
   probabilities or an already binarised mask (values in ``[0, 1]``, e.g. after the evaluator's
   ``Activationsd(sigmoid=True)`` + ``AsDiscreted(threshold=0.5)`` postprocessing) and foreground is
@@ -400,8 +402,8 @@ class SegmentationReport:
             "std_iou": stat(ious, np.std),
             "threshold": self.threshold,
             "conventions": {
-                "resolution": "scored at the evaluation resolution of the data given to the evaluator "
-                "(224x224 in the bundles; ground-truth masks resized with nearest neighbour)",
+                "resolution": "scored on the grid of the evaluator's pred and label (224x224 in the bundles: "
+                "eval transforms or score_size post-processing; masks resized with nearest neighbour)",
                 "empty_masks": "Dice = IoU = 1 when prediction and ground truth are both empty; 0 when only one is",
                 "std": "population standard deviation across images (ddof=0)",
                 "foreground": f"probability >= {self.threshold}",
