@@ -183,7 +183,11 @@ def collect(args: argparse.Namespace) -> int:
     for folder in args.collect:
         path = Path(folder) / "results.json"
         if not path.is_file():
-            print(f"monuseg_table: no {path}", file=sys.stderr)
+            print(
+                f"monuseg_table: no {path}: run this script with --workdir {folder} first, or leave that folder out "
+                "of --collect",
+                file=sys.stderr,
+            )
             return 1
         for name, per_seed in json.loads(path.read_text()).items():
             merged.setdefault(name, {}).update({int(k): v for k, v in per_seed.items()})
