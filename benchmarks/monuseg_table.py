@@ -14,6 +14,8 @@ For each seed ``s`` of ``--seeds``:
 Every number is the mean Dice over the 6 validation tiles, the tiles the best epoch is chosen on (the reference
 chooses its best evaluation on them too). Finished runs (``eval/summary.json``) are reused. Output in
 ``--workdir``: ``results.json`` (every run, with wall times) and ``results.md`` (per-seed table, mean ± sd).
+``--collect DIR ...`` runs nothing: it merges the ``results.json`` of workdirs run side by side into one table
+(written to ``--workdir`` when given).
 
 Usage::
 
@@ -178,7 +180,14 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace, seeds:
 
 
 def collect(args: argparse.Namespace) -> int:
-    """Merge the ``results.json`` of several workdirs (e.g. methods run in parallel processes) into one table."""
+    """Merge the ``results.json`` of several workdirs (e.g. methods run in parallel processes) into one table.
+
+    The table is printed; with ``--workdir`` given, the merged ``results.json`` and ``results.md`` are written
+    there too (the workdir is created; the merged folders are only read).
+
+    Returns:
+        0, or 1 when one of the folders has no ``results.json`` (nothing is written then).
+    """
     merged: dict[str, dict[int, dict]] = {}
     for folder in args.collect:
         path = Path(folder) / "results.json"
@@ -194,14 +203,20 @@ def collect(args: argparse.Namespace) -> int:
     order = ["reference", *METHODS]
     merged = {m: merged[m] for m in sorted(merged, key=lambda m: order.index(m) if m in order else len(order))}
     seeds = sorted({s for per_seed in merged.values() for s in per_seed})
-    print(report(merged, args, seeds))
+    text = report(merged, args, seeds)
+    if args.workdir is not None:
+        work = Path(args.workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(work / "results.json", merged)
+        atomic_write_text(work / "results.md", text)
+    print(text)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data" / "monuseg"))
-    parser.add_argument("--workdir", default="runs/monuseg")
+    parser.add_argument("--workdir", default=None, help="where the runs go (default runs/monuseg)")
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="reference,supervised,mean_teacher,dussss,dussss_rotated")
@@ -210,10 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE override of stage 2 (repeatable)")
     parser.add_argument("--stage1_extra", action="append", default=[], help="KEY=VALUE override of stage 1")
     parser.add_argument("--stage1_seed", type=int, default=0)
-    parser.add_argument("--collect", nargs="+", default=None, help="only merge the results.json of these workdirs")
+    parser.add_argument(
+        "--collect", nargs="+", default=None,
+        help="only merge the results.json of these workdirs (into --workdir when given)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.collect:
         return collect(args)
+    args.workdir = args.workdir or "runs/monuseg"
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -191,3 +191,30 @@ def test_grounding_probe_trains_f_g_alone_and_scores_right_and_rotated_sentences
 
     assert probe.main(["--vlm_checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "no stage-1 checkpoint" in capsys.readouterr().err
+
+
+def test_monuseg_table_collect_merges_workdirs_into_one_table(tmp_path, capsys):
+    """--collect merges methods run in separate workdirs, per seed, into one table written to --workdir; a folder
+    without results.json is named with the fix and nothing is written."""
+    import json
+
+    bench = _load("monuseg_table")
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    a.mkdir()
+    b.mkdir()
+    (a / "results.json").write_text(json.dumps({"reference": {"0": {"dice": 77.5, "seconds": 60.0}}}))
+    (b / "results.json").write_text(
+        json.dumps({"supervised": {"0": {"dice": 78.25, "seconds": 120.0}, "1": {"dice": 79.75, "seconds": 120.0}}})
+    )
+    assert bench.main(["--collect", str(b), str(a), "--workdir", str(out)]) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| plain MONAI U-Net (reference) | 77.50 | – |")  # reference first, seed 1 missing
+    assert rows[2].startswith("| supervised | 78.25 | 79.75 | 79.00 ± 1.06 |")
+    assert (out / "results.md").read_text() == table.rstrip("\n") + "\n"
+    assert set(json.loads((out / "results.json").read_text())) == {"reference", "supervised"}
+
+    missing = tmp_path / "missing"
+    assert bench.main(["--collect", str(a), str(missing), "--workdir", str(tmp_path / "other")]) == 1
+    assert f"--workdir {missing} first" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
