@@ -47,6 +47,7 @@ from dussss_monai.utils.io import atomic_write_json, atomic_write_text  # noqa: 
 BUNDLE = REPO / "bundles" / "dussss_monuseg"
 CONFIGS = BUNDLE / "configs"
 ROTATED = REPO / "benchmarks" / "rotated_text_control.py"
+DEFAULT_WORKDIR = "runs/monuseg"
 #: method name -> (bundle --method, grounded with rotated sentences)
 METHODS = {
     "supervised": ("supervised", False),
@@ -204,11 +205,9 @@ def collect(args: argparse.Namespace) -> int:
     merged = {m: merged[m] for m in sorted(merged, key=lambda m: order.index(m) if m in order else len(order))}
     seeds = sorted({s for per_seed in merged.values() for s in per_seed})
     text = report(merged, args, seeds)
-    if args.workdir is not None:
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(work / "results.json", merged)
-        atomic_write_text(work / "results.md", text)
+    if args.workdir is not None:  # the atomic writers create the folder and name it when it is not writable
+        atomic_write_json(Path(args.workdir) / "results.json", merged)
+        atomic_write_text(Path(args.workdir) / "results.md", text)
     print(text)
     return 0
 
@@ -216,7 +215,7 @@ def collect(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data" / "monuseg"))
-    parser.add_argument("--workdir", default=None, help="where the runs go (default runs/monuseg)")
+    parser.add_argument("--workdir", default=None, help=f"where the runs go (default {DEFAULT_WORKDIR})")
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="reference,supervised,mean_teacher,dussss,dussss_rotated")
@@ -230,10 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only merge the results.json of these workdirs (into --workdir when given)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.collect:
-        return collect(args)
-    args.workdir = args.workdir or "runs/monuseg"
     try:
+        if args.collect:
+            return collect(args)
+        args.workdir = args.workdir or DEFAULT_WORKDIR
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m != "reference" and m not in METHODS]
