@@ -55,6 +55,9 @@ BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
             "strong_view": True,
             "strong_stain_jitter": 0.1,
             "perturbation": "cutmix",
+            # L_merged only: f_g's text mask, L_text's target, is far less accurate than the teacher on MoNuSeg
+            # (benchmarks/pseudo_label_quality.py; docs/results.md)
+            "use_text_loss": False,
             "flip_tta": True,
             "patch_size": 256,
             "score_size": 224,
