@@ -24,14 +24,26 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
 
 
+def _literal(value: object) -> str:
+    """``value`` as a compact Python literal, the syntax python-fire parses (JSON's ``true`` / ``null`` it reads as
+    the strings ``'true'`` / ``'null'``)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_literal(k)}:{_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_literal(v) for v in value) + "]"
+    return repr(value)
+
+
 def _arg(value: object) -> str:
     """Format an override for ``python -m monai.bundle`` (python-fire parses the value).
 
-    ``None`` becomes the config expression ``$None``: a plain ``None`` would be dropped by ``monai.bundle``."""
+    ``None`` becomes the config expression ``$None``: a plain ``None`` would be dropped by ``monai.bundle``. Lists
+    and dicts become compact Python literals, so that the booleans and ``None`` inside them survive fire's parsing.
+    """
     if value is None:
         return "$None"
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value).replace(" ", "")
+        return _literal(value)
     return str(value)
 
 
@@ -43,7 +55,7 @@ def bundle_command(
     Args:
         config: the bundle config file, or a list of them merged in order (e.g. train.json, evaluate.json).
         run_id: the workflow to run (``training``, ``evaluating`` ...).
-        overrides: command-line overrides; lists and dicts are passed as compact JSON.
+        overrides: command-line overrides; lists and dicts are passed as compact Python literals.
         script: a script that takes ``monai.bundle``'s arguments (e.g. ``benchmarks/rotated_text_control.py``),
             run instead of ``-m monai.bundle``.
 

@@ -104,10 +104,19 @@ def test_run_bundle_failure_names_the_log(tmp_path):
         bundle_runner.run_bundle(tmp_path / "missing.json", "training", {}, log)
 
 
-def test_bundle_command_writes_none_as_a_config_expression_and_lists_as_json():
+def test_bundle_command_writes_none_as_a_config_expression_and_lists_compactly():
     cmd = bundle_runner.bundle_command(
         Path("train.json"), "training", {"pseudo_label_threshold": None, "sizes": [1, 2]}
     )
     assert cmd[-4:] == ["--pseudo_label_threshold", "$None", "--sizes", "[1,2]"]
     layered = bundle_runner.bundle_command([Path("a/train.json"), Path("a/evaluate.json")], "evaluating", {})
     assert layered[layered.index("--config_file") + 1] == '["a/train.json", "a/evaluate.json"]'
+
+
+def test_bundle_command_dicts_keep_their_booleans_and_none_through_fire():
+    from fire.parser import DefaultParseValue
+
+    loss = {"_target_": "DiceCELoss", "sigmoid": True, "weight": None, "scales": [0.5, 1], "name": "a b"}
+    cmd = bundle_runner.bundle_command(Path("train.json"), "training", {"loss": loss, "flags": [True, False]})
+    assert DefaultParseValue(cmd[cmd.index("--loss") + 1]) == loss
+    assert DefaultParseValue(cmd[cmd.index("--flags") + 1]) == [True, False]
