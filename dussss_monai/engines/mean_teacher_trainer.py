@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.inferers import Inferer
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
@@ -80,6 +81,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
             input perturbation), after ``student_perturbation``; 0 turns it off.
         student_image_key: batch key of the student's own view of the unlabeled images (e.g. a strongly
             augmented copy); ``None``: the student sees the teacher's view.
+        teacher_inferer: how the teacher predicts the pseudo labels of the unlabeled batch, e.g.
+            :class:`~dussss_monai.inferers.FlipTTAInferer` for the mean probability of its flips (as ``g_inferer``
+            and ``d_inferer`` of MONAI's ``GanTrainer``); default the trainer's ``inferer``.
         epoch_length: iterations per epoch; default ``max(len(train_data_loader), len(unlabeled_data_loader))``.
         image_key: key of the image in unlabeled batches.
         kwargs: the other arguments of ``SupervisedTrainer`` (``inferer``, ``postprocessing``, ``amp`` ...).
@@ -108,6 +112,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         student_perturbation: Callable[[UnlabeledBatch, LabeledBatch], StudentView] | None = None,
         student_noise_std: float = 0.0,
         student_image_key: str | None = None,
+        teacher_inferer: Inferer | None = None,
         epoch_length: int | None = None,
         image_key: str = "image",
         **kwargs: Any,
@@ -159,6 +164,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         self.student_perturbation = student_perturbation
         self.student_noise_std = float(student_noise_std)
         self.student_image_key = student_image_key
+        self.teacher_inferer: Inferer = teacher_inferer if teacher_inferer is not None else self.inferer
         self.image_key = image_key
         student = unwrap_network(network)  # never copy a DistributedDataParallel wrapper
         if teacher is None:
@@ -270,7 +276,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
             student_u = engine.inferer(view.images, engine.network)
             engine.teacher.eval()
             with torch.no_grad():
-                teacher_logits = engine.inferer(unlabeled.images, engine.teacher).float()
+                teacher_logits = engine.teacher_inferer(unlabeled.images, engine.teacher).float()
             pseudo = engine.pseudo_labels(unlabeled, teacher_logits, labeled)
             semi = []
             for name, probabilities in pseudo.items():

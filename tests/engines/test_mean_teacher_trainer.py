@@ -28,6 +28,7 @@ from dussss_monai.engines import MeanTeacherTrainer
 from dussss_monai.engines.schedules import ConsistencyWeight, sigmoid_rampup
 from dussss_monai.errors import CheckpointError, ConfigError
 from dussss_monai.handlers.checkpoint import SafeCheckpointLoader
+from dussss_monai.inferers import FLIPS_2D, FlipTTAInferer
 from dussss_monai.losses.segmentation import SegmentationLoss
 
 
@@ -193,6 +194,22 @@ def test_student_image_key_gives_the_student_its_own_view():
     batch = trainer.state.unlabeled_batch
     torch.testing.assert_close(seen["teacher"][0], batch["image"])
     torch.testing.assert_close(seen["student"][1], batch["image_strong"])
+
+
+def test_teacher_inferer_predicts_the_pseudo_labels_and_the_student_keeps_its_own():
+    """A flip-TTA teacher sees the four flips of the unlabeled batch; the student still one view per batch."""
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    trainer = make_trainer("mean_teacher", teacher_inferer=FlipTTAInferer())
+    trainer.network.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].detach().clone()))
+    trainer.teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0].detach().clone()))
+    first_step(trainer)
+    clean = trainer.state.unlabeled_batch["image"]
+    assert len(seen["student"]) == 2  # the labeled and the unlabeled batch
+    assert len(seen["teacher"]) == 4
+    for view, dims in zip(seen["teacher"], FLIPS_2D):
+        torch.testing.assert_close(view, clean.flip(dims) if dims else clean)
+    default = make_trainer("mean_teacher")
+    assert default.teacher_inferer is default.inferer
 
 
 def test_consistency_loss_function_is_used_for_unlabeled_terms_only():
