@@ -19,6 +19,7 @@ from dussss_monai.data.image_io import read_image_2d, read_image_info, read_mask
 from dussss_monai.data.lvit import read_lvit_dataset, read_text_table
 from dussss_monai.data.pipelines import eval_transforms, pretrain_transforms, train_transforms, unlabeled_transforms
 from dussss_monai.data.stain import RandHEDJitterd
+from dussss_monai.data.stain_transfer import HEStain, RandStainTransferd, estimate_he_stain, he_stain_references
 from dussss_monai.data.transforms import DataPipeline, LoadImage2Dd
 
 __all__ = [
@@ -39,6 +40,10 @@ __all__ = [
     "DataPipeline",
     "LoadImage2Dd",
     "RandHEDJitterd",
+    "HEStain",
+    "RandStainTransferd",
+    "estimate_he_stain",
+    "he_stain_references",
     "train_transforms",
     "eval_transforms",
     "unlabeled_transforms",

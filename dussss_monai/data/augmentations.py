@@ -1,8 +1,10 @@
-"""Colour augmentations of the images (never of the masks): H&E stain jitter for labeled crops, and the student's
-strong view of unlabeled ones. Neither moves a pixel, so a mask or a pseudo label computed on the weak view stays
+"""Colour augmentations of the images (never of the masks): H&E stain transfer and stain jitter for labeled crops,
+and the student's strong view of unlabeled ones. Neither moves a pixel, so a mask or a pseudo label computed on the weak view stays
 right for the strong one."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from monai.transforms import (
     MapTransform,
@@ -14,6 +16,8 @@ from monai.transforms import (
 )
 
 from dussss_monai.data.stain import RandHEDJitterd
+from dussss_monai.data.stain_transfer import HEStain, RandStainTransferd
+from dussss_monai.errors import ConfigError
 
 __all__ = ["clip_to_unit_range", "colour_augmentations", "strong_view_augmentations"]
 
@@ -25,11 +29,27 @@ def clip_to_unit_range(keys: list[str] | tuple[str, ...], allow_missing_keys: bo
     return [ScaleIntensityRanged(list(keys), 0.0, 1.0, 0.0, 1.0, clip=True, allow_missing_keys=allow_missing_keys)]
 
 
-def colour_augmentations(key: str, stain_jitter: float = 0.0) -> list[MapTransform]:
-    """Colour augmentation of an H&E image: HED stain jitter of ``stain_jitter`` (0: none), then clipping."""
-    if stain_jitter <= 0:
-        return []
-    return [RandHEDJitterd(key, sigma=stain_jitter, prob=1.0), *clip_to_unit_range([key])]
+def colour_augmentations(
+    key: str,
+    stain_jitter: float = 0.0,
+    stain_references: Sequence[HEStain] = (),
+    stain_transfer_prob: float = 0.0,
+) -> list[MapTransform]:
+    """Colour augmentation of an H&E image: with probability ``stain_transfer_prob`` a transfer to one of
+    ``stain_references`` (:class:`~dussss_monai.data.stain_transfer.RandStainTransferd`; none: no transfer), then HED
+    stain jitter of ``stain_jitter`` (0: none), then clipping.
+
+    Raises:
+        ConfigError: a ``stain_transfer_prob`` outside ``[0, 1]``.
+    """
+    if not 0.0 <= float(stain_transfer_prob) <= 1.0:
+        raise ConfigError(f"stain_transfer_prob must be in [0, 1], got {stain_transfer_prob}")
+    out: list[MapTransform] = []
+    if stain_transfer_prob > 0 and len(stain_references) > 0:
+        out.append(RandStainTransferd(key, stain_references, prob=float(stain_transfer_prob)))
+    if stain_jitter > 0:
+        out.append(RandHEDJitterd(key, sigma=stain_jitter, prob=1.0))
+    return out + clip_to_unit_range([key]) if out else []
 
 
 def strong_view_augmentations(key: str, stain_jitter: float = 0.0) -> list[MapTransform]:

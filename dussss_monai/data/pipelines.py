@@ -21,7 +21,8 @@ Spatial augmentation (the paper's flips, 90-degree rotations and rotation up to 
 state per call and applies it to every key, so an image and its mask move together. Flips and 90-degree rotations
 change what location words mean ("left lung", "upper right"): pass ``flip=False, rotate90=False`` where the text's
 spatial words must stay true (the QaTa-COV19 bundle does). Colour augmentation (H&E stain jitter,
-:mod:`dussss_monai.data.stain`) is optional and touches the image only.
+:mod:`dussss_monai.data.stain`) and stain transfer toward other tiles' stains (:mod:`dussss_monai.data.stain_transfer`) are
+optional and touch the image only.
 
 Weak-to-strong consistency: with ``strong_view=True`` the unlabeled pipeline also writes ``image_strong``, a copy
 of the (weakly, spatially augmented) image with strong colour, contrast and blur perturbations, for the student;
@@ -52,6 +53,7 @@ from monai.transforms import (
 )
 
 from dussss_monai.data.augmentations import clip_to_unit_range, colour_augmentations, strong_view_augmentations
+from dussss_monai.data.stain_transfer import EstimateHEStaind, HEStain
 from dussss_monai.data.transforms import (
     CONTEXT_IMAGE_KEY,
     CONTEXT_LABEL_KEY,
@@ -196,6 +198,8 @@ def train_transforms(
     patch_size: int | Sequence[int] | None = None,
     grounding_context: bool = False,
     stain_jitter: float = 0.0,
+    stain_references: Sequence[HEStain] = (),
+    stain_transfer_prob: float = 0.0,
 ) -> DataPipeline:
     """Labeled training pipeline: load, resize (or crop a patch), spatial augmentation of image and mask together,
     colour augmentation of the image.
@@ -210,20 +214,26 @@ def train_transforms(
         grounding_context: with ``patch_size``, also keep ``vlm_image`` / ``vlm_label`` (the whole image and
             mask at ``image_size``) and ``crop_box`` (module docstring). Ignored without ``patch_size``.
         stain_jitter: ``sigma`` of the HED stain jitter (RGB H&E images; 0: none).
+        stain_references: stains a labeled crop may be re-stained with, e.g. the unlabeled tiles'
+            (:func:`~dussss_monai.data.stain_transfer.he_stain_references`; RGB H&E images).
+        stain_transfer_prob: probability of that transfer per crop (0, or no references: none).
 
     Returns:
         a :class:`~dussss_monai.data.transforms.DataPipeline` (a :class:`monai.transforms.Compose`).
+
+    Raises:
+        ConfigError: a ``stain_transfer_prob`` outside ``[0, 1]``.
     """
     keys = list(keys)
     masks = keys[1:]
-    xforms: list[Any] = [
-        LoadImage2Dd(keys, mask_keys=masks, channels=channels),
-        *to_network_size(keys, image_size, patch_size, mask_keys=masks, grounding_context=grounding_context),
-    ]
+    xforms: list[Any] = [LoadImage2Dd(keys, mask_keys=masks, channels=channels)]
+    if augment and stain_transfer_prob > 0 and len(stain_references) > 0:
+        xforms.append(EstimateHEStaind(keys[0]))  # the whole tile's stain, before cropping
+    xforms += to_network_size(keys, image_size, patch_size, mask_keys=masks, grounding_context=grounding_context)
     if augment:
         xforms += spatial_augmentations(keys, masks, flip=flip, rotate90=rotate90, rotate_degrees=rotate_degrees)
         xforms += [AsDiscreted(masks, threshold=0.5), *clip_to_unit_range(keys[:1])]
-        xforms += colour_augmentations(keys[0], stain_jitter)
+        xforms += colour_augmentations(keys[0], stain_jitter, stain_references, stain_transfer_prob)
     return DataPipeline(xforms + _finish(keys))
 
 

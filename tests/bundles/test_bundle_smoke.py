@@ -147,8 +147,8 @@ def test_monuseg_real_data_one_tiny_epoch(monuseg_dir, tmp_path):
 
 
 def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
-    """``--patch_size``: stage 2 (DuSSS) on native-resolution crops, validation and evaluation by sliding window
-    scored on the ``score_size`` grid, inference writing masks at each input's own size."""
+    """``--patch_size``: stage 2 (DuSSS, with stain transfer) on native-resolution crops, validation and evaluation
+    by sliding window scored on the ``score_size`` grid, inference writing masks at each input's own size."""
     configs = REPO_ROOT / "bundles" / "dussss_monuseg" / "configs"
     from dussss_monai.data import generate_demo_dataset
 
@@ -161,7 +161,16 @@ def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
         run_bundle_cli(
             "training",
             configs / "train.json",
-            {**common, **VLM_TINY, **UNET_TINY, **patch, "decoder_channels": "8", "batch_size": "2"},
+            # stain transfer from the unlabeled images: the whole path from the datalist to the batches
+            {
+                **common,
+                **VLM_TINY,
+                **UNET_TINY,
+                **patch,
+                "decoder_channels": "8",
+                "batch_size": "2",
+                "stain_transfer_prob": "1.0",
+            },
             tmp_path,
         )
     )
@@ -199,8 +208,8 @@ def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
 
 
 def test_monuseg_real_data_patch_mode_one_tiny_epoch(monuseg_dir, tmp_path):
-    """Stage 2, supervised, on 128-pixel crops of the real tiles; validation by sliding window over the whole
-    1000 x 1000 tiles, scored on a 64 x 64 grid."""
+    """Stage 2, supervised with stain transfer from the unlabeled tiles, on 128-pixel crops of the real tiles;
+    validation by sliding window over the whole 1000 x 1000 tiles, scored on a 64 x 64 grid."""
     configs = REPO_ROOT / "bundles" / "dussss_monuseg" / "configs"
     root = tmp_path / "bundle"
     _ok(
@@ -212,6 +221,7 @@ def test_monuseg_real_data_patch_mode_one_tiny_epoch(monuseg_dir, tmp_path):
                 "bundle_root": str(root),
                 "max_epochs": "1",
                 "method": "supervised",
+                "stain_transfer_prob": "0.5",
                 "patch_size": "128",
                 "score_size": "64",
                 "num_workers": "0",
