@@ -267,3 +267,25 @@ def test_pseudo_label_quality_scores_each_target_and_grounds_the_control_with_th
     assert result["flipped_pct"] == pytest.approx(50.0)
     assert result["text_marks_pct"] == pytest.approx(50.0) and result["truth_pct"] == pytest.approx(50.0)
     assert set(quality.score(Teacher(), None, patches)) == {"teacher_dice"}
+
+
+def test_stain_shift_writes_every_validation_tile_in_every_other_tiles_stain(tmp_path):
+    import numpy as np
+    import openpyxl
+    from PIL import Image
+
+    shift = _load("stain_shift_eval")
+    data = generate_demo_dataset(tmp_path / "data", n_train=4, n_val=3, n_test=0, image_size=32, seed=0)
+    rng = np.random.default_rng(0)
+    for path in sorted((data / "Val_Folder" / "img").iterdir()):  # H&E-like colours instead of grey
+        Image.fromarray(rng.integers(60, 250, (32, 32, 3), dtype=np.uint8)).save(path)
+    out = tmp_path / "shifted"
+    assert shift.write_shifted_dataset(data, out) == 6
+    rows = list(openpyxl.load_workbook(out / "Val_Folder" / "Val_text.xlsx").active.iter_rows(values_only=True))
+    names = sorted(str(r[0]) for r in rows[1:])
+    assert names == sorted(p.name for p in (out / "Val_Folder" / "img").iterdir())
+    assert names == sorted(p.name for p in (out / "Val_Folder" / "labelcol").iterdir())
+    assert all("_stain" in n for n in names) and (out / "Train_Folder" / "img").is_dir()
+    source = sorted((data / "Val_Folder" / "img").iterdir())[0]
+    first = sorted((out / "Val_Folder" / "img").glob(f"{source.stem}_stain*.png"))
+    assert len(first) == 2 and not np.array_equal(np.asarray(Image.open(first[0])), np.asarray(Image.open(source)))
