@@ -2,9 +2,9 @@
 
 The validation tiles share hospitals and stains with the training tiles; tiles from elsewhere do not. This
 benchmark writes a copy of the dataset whose validation folder holds every validation tile re-stained with the
-H&E stain of each other validation tile (``dussss_monai.data.restain``: Macenko stain matrices and maximal
-concentrations of the whole tiles; 6 tiles give 30 shifted tiles, the masks unchanged), then scores each run's
-best student on it with the bundle's own ``evaluate.json`` (sliding window, no TTA). The validation tiles' stains
+H&E stain of each other validation tile (``dussss_monai.data.stain_transfer.restain``: Macenko stain matrices and
+maximal concentrations of the whole tiles; 6 tiles give 30 shifted tiles, the masks unchanged), then scores each
+run's best student on it with the bundle's own ``evaluate.json`` (sliding window, no TTA). The validation tiles' stains
 are never among the references of ``stain_transfer_prob`` (those are the unlabeled training tiles'), so the shift
 is unseen by every method. A proxy for unseen stains, not a held-out estimate: the tissue is the validation's.
 
@@ -82,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     results = {}
     for run in args.run:
-        log = run / "train.log"
-        if not (run / "models" / "model.pt").is_file() or not log.is_file():
-            raise ConfigError(f"{run}: not a finished monuseg_table run (models/model.pt and train.log)")
+        if not (run / "models" / "model.pt").is_file() or not (run / "result.json").is_file():
+            raise ConfigError(f"{run}: not a finished monuseg_table run (models/model.pt and result.json)")
         out = args.workdir / "_".join(run.resolve().parts[-3:])  # workdir_seed_method of monuseg_table
         summary = out / "summary.json"
         if not summary.is_file():

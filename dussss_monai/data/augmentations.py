@@ -1,6 +1,6 @@
 """Colour augmentations of the images (never of the masks): H&E stain transfer and stain jitter for labeled crops,
-and the student's strong view of unlabeled ones. Neither moves a pixel, so a mask or a pseudo label computed on the weak view stays
-right for the strong one."""
+and the student's strong view of unlabeled ones. None moves a pixel, so a mask or a pseudo label computed on the
+weak view stays right for the strong one."""
 
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ Spatial augmentation (the paper's flips, 90-degree rotations and rotation up to 
 state per call and applies it to every key, so an image and its mask move together. Flips and 90-degree rotations
 change what location words mean ("left lung", "upper right"): pass ``flip=False, rotate90=False`` where the text's
 spatial words must stay true (the QaTa-COV19 bundle does). Colour augmentation (H&E stain jitter,
-:mod:`dussss_monai.data.stain`) and stain transfer toward other tiles' stains (:mod:`dussss_monai.data.stain_transfer`) are
-optional and touch the image only.
+:mod:`dussss_monai.data.stain`, and stain transfer toward other tiles' stains, :mod:`dussss_monai.data.stain_transfer`)
+is optional and touches the image only.
 
 Weak-to-strong consistency: with ``strong_view=True`` the unlabeled pipeline also writes ``image_strong``, a copy
 of the (weakly, spatially augmented) image with strong colour, contrast and blur perturbations, for the student;

@@ -9,9 +9,9 @@ concentrations (99th percentile); :class:`RandStainTransferd` re-stains a labele
 concentrations by the ratio of the reference's maxima to the tile's, mix back with the reference's matrix and add
 what the two stains did not explain). Both stains are estimated on whole tiles, so a crop with few nuclei keeps few
 nuclei: a crop's own maxima depend on what it shows, a tile's much less. The mask stays right, since no pixel
-moves, and the student learns the labeled nuclei in the unlabeled tiles' colours: the stain variation of the unlabeled set is used
-with ground truth, not only through pseudo labels. ``docs/method.md``, "What the paper leaves open, and what we
-chose".
+moves, and the student learns the labeled nuclei in the unlabeled tiles' colours: the stain variation of the
+unlabeled set is used with ground truth, not only through pseudo labels. ``docs/method.md``, "What the paper leaves
+open, and what we chose".
 """
 
 from __future__ import annotations
