@@ -52,11 +52,28 @@ def colour_augmentations(
     return out + clip_to_unit_range([key]) if out else []
 
 
-def strong_view_augmentations(key: str, stain_jitter: float = 0.0) -> list[MapTransform]:
+def strong_view_augmentations(
+    key: str,
+    stain_jitter: float = 0.0,
+    stain_references: Sequence[HEStain] = (),
+    stain_transfer_prob: float = 0.0,
+) -> list[MapTransform]:
     """The student's strong view of an unlabeled image (FixMatch / UniMatch style, colour and blur only, so that the
-    pixels stay where the teacher's pseudo label puts them): stain jitter of ``stain_jitter`` (RGB only; 0: none),
-    brightness and contrast, Gaussian blur and noise, then clipping."""
-    out: list[MapTransform] = [RandHEDJitterd(key, sigma=stain_jitter, prob=0.8)] if stain_jitter > 0 else []
+    pixels stay where the teacher's pseudo label puts them): with probability ``stain_transfer_prob`` a transfer to
+    one of ``stain_references`` (RGB H&E only; the teacher keeps the tile's own stain, so the consistency loss asks
+    for the same nuclei under another tile's stain), stain jitter of ``stain_jitter`` (RGB only; 0: none),
+    brightness and contrast, Gaussian blur and noise, then clipping.
+
+    Raises:
+        ConfigError: a ``stain_transfer_prob`` outside ``[0, 1]``.
+    """
+    if not 0.0 <= float(stain_transfer_prob) <= 1.0:
+        raise ConfigError(f"strong view: stain_transfer_prob must be in [0, 1], got {stain_transfer_prob}")
+    out: list[MapTransform] = []
+    if stain_transfer_prob > 0 and len(stain_references) > 0:
+        out.append(RandStainTransferd(key, stain_references, prob=float(stain_transfer_prob)))
+    if stain_jitter > 0:
+        out.append(RandHEDJitterd(key, sigma=stain_jitter, prob=0.8))
     return out + [
         RandScaleIntensityd(key, factors=0.3, prob=0.8),
         RandAdjustContrastd(key, gamma=(0.5, 2.0), prob=0.8),

@@ -271,6 +271,8 @@ def unlabeled_transforms(
     grounding_context: bool = False,
     strong_view: bool = False,
     stain_jitter: float = 0.0,
+    stain_references: Sequence[HEStain] = (),
+    stain_transfer_prob: float = 0.0,
 ) -> DataPipeline:
     """Unlabeled training pipeline: the image only (any ``label`` in the item is removed), text kept.
 
@@ -281,11 +283,24 @@ def unlabeled_transforms(
         strong_view: also write ``image_strong``, the student's strongly augmented copy
             (:func:`strong_view_augmentations`).
         stain_jitter: ``sigma`` of the stain jitter of the strong view (RGB H&E images; 0: none).
+        stain_references: stains the strong view may be re-stained with, e.g. every training tile's
+            (:func:`~dussss_monai.data.stain_transfer.he_stain_references`; RGB H&E images). The teacher's ``image``
+            keeps the tile's own stain.
+        stain_transfer_prob: probability of that transfer per strong view (0, no references or no strong view:
+            none).
+
+    Returns:
+        a :class:`~dussss_monai.data.transforms.DataPipeline` (a :class:`monai.transforms.Compose`).
+
+    Raises:
+        ConfigError: with ``strong_view``, a ``stain_transfer_prob`` outside ``[0, 1]``.
     """
     context = patch_size is not None and grounding_context
+    transfer = strong_view and stain_transfer_prob > 0 and len(stain_references) > 0
     xforms: list[Any] = [
         DeleteItemsd(keys="label"),
         LoadImage2Dd(["image"], mask_keys=(), channels=channels),
+        *([EstimateHEStaind("image")] if transfer else []),  # the whole tile's stain, before cropping
         *to_network_size(["image"], image_size, patch_size, mask_keys=(), grounding_context=grounding_context),
     ]
     if context:  # the box must keep describing the patch
@@ -296,7 +311,7 @@ def unlabeled_transforms(
     keys = ["image"]
     if strong_view:
         xforms += [CopyItemsd("image", times=1, names=STUDENT_IMAGE_KEY)]
-        xforms += strong_view_augmentations(STUDENT_IMAGE_KEY, stain_jitter)
+        xforms += strong_view_augmentations(STUDENT_IMAGE_KEY, stain_jitter, stain_references, stain_transfer_prob)
         keys.append(STUDENT_IMAGE_KEY)
     return DataPipeline(xforms + _finish(keys))
 

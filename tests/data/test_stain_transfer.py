@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dussss_monai.data import train_transforms
+from dussss_monai.data import train_transforms, unlabeled_transforms
 from dussss_monai.data.augmentations import colour_augmentations
 from dussss_monai.data.stain_transfer import (
     STAIN_KEY,
@@ -145,3 +145,24 @@ def test_the_training_pipeline_restains_the_image_and_keeps_the_mask(tmp_path, p
     assert float((restained["image"] - plain["image"]).abs().mean()) > 0.02
     with pytest.raises(ConfigError, match="stain_transfer_prob"):
         train_transforms(channels=3, stain_references=[reference], stain_transfer_prob=1.5)
+
+
+def test_the_strong_view_is_restained_and_the_teacher_view_keeps_the_tile_stain(tmp_path, png):
+    rgb = (_he_image(STAIN_A, size=32).numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    item = {"image": str(png(tmp_path / "img.png", rgb)), "text": "t"}
+    reference = estimate_he_stain(_he_image(STAIN_B, seed=1))
+
+    def run(prob: float) -> dict:
+        pipeline = unlabeled_transforms(
+            channels=3, patch_size=32, flip=False, rotate90=False, rotate_degrees=0.0, strong_view=True,
+            stain_references=[reference], stain_transfer_prob=prob,
+        )  # fmt: skip
+        pipeline.set_random_state(0)
+        return pipeline(dict(item))
+
+    plain, restained = run(0.0), run(1.0)
+    assert STAIN_KEY not in restained
+    torch.testing.assert_close(restained["image"], plain["image"])  # the teacher's view: the tile's own stain
+    assert float((restained["image_strong"] - plain["image_strong"]).abs().mean()) > 0.02
+    with pytest.raises(ConfigError, match="strong view: stain_transfer_prob"):
+        unlabeled_transforms(channels=3, strong_view=True, stain_references=[reference], stain_transfer_prob=-0.1)
