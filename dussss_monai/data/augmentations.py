@@ -42,14 +42,32 @@ def colour_augmentations(
     Raises:
         ConfigError: a ``stain_transfer_prob`` outside ``[0, 1]``.
     """
+    out = _stain_augmentations(key, stain_jitter, 1.0, stain_references, stain_transfer_prob, "stain_transfer_prob")
+    return out + clip_to_unit_range([key]) if out else []
+
+
+def _stain_augmentations(
+    key: str,
+    stain_jitter: float,
+    jitter_prob: float,
+    stain_references: Sequence[HEStain],
+    stain_transfer_prob: float,
+    name: str,
+) -> list[MapTransform]:
+    """A stain transfer (probability ``stain_transfer_prob``; no references: none), then HED stain jitter of
+    ``stain_jitter`` (probability ``jitter_prob``; 0: none).
+
+    Raises:
+        ConfigError: a ``stain_transfer_prob`` outside ``[0, 1]``, named ``name`` in the message.
+    """
     if not 0.0 <= float(stain_transfer_prob) <= 1.0:
-        raise ConfigError(f"stain_transfer_prob must be in [0, 1], got {stain_transfer_prob}")
+        raise ConfigError(f"{name} must be in [0, 1], got {stain_transfer_prob}")
     out: list[MapTransform] = []
     if stain_transfer_prob > 0 and len(stain_references) > 0:
         out.append(RandStainTransferd(key, stain_references, prob=float(stain_transfer_prob)))
     if stain_jitter > 0:
-        out.append(RandHEDJitterd(key, sigma=stain_jitter, prob=1.0))
-    return out + clip_to_unit_range([key]) if out else []
+        out.append(RandHEDJitterd(key, sigma=stain_jitter, prob=jitter_prob))
+    return out
 
 
 def strong_view_augmentations(
@@ -67,14 +85,8 @@ def strong_view_augmentations(
     Raises:
         ConfigError: a ``stain_transfer_prob`` outside ``[0, 1]``.
     """
-    if not 0.0 <= float(stain_transfer_prob) <= 1.0:
-        raise ConfigError(f"strong view: stain_transfer_prob must be in [0, 1], got {stain_transfer_prob}")
-    out: list[MapTransform] = []
-    if stain_transfer_prob > 0 and len(stain_references) > 0:
-        out.append(RandStainTransferd(key, stain_references, prob=float(stain_transfer_prob)))
-    if stain_jitter > 0:
-        out.append(RandHEDJitterd(key, sigma=stain_jitter, prob=0.8))
-    return out + [
+    name = "strong view: stain_transfer_prob"
+    return _stain_augmentations(key, stain_jitter, 0.8, stain_references, stain_transfer_prob, name) + [
         RandScaleIntensityd(key, factors=0.3, prob=0.8),
         RandAdjustContrastd(key, gamma=(0.5, 2.0), prob=0.8),
         RandGaussianSmoothd(key, sigma_x=(0.25, 1.5), sigma_y=(0.25, 1.5), prob=0.5),
