@@ -8,6 +8,7 @@ Stage 2 is a family of MONAI trainers: supervised training is MONAI's ``Supervis
 from dussss_monai.engines.batches import LabeledBatch, StudentView, UnlabeledBatch
 from dussss_monai.engines.dussss_trainer import DuSSSTrainer
 from dussss_monai.engines.ema import ema_decay, ema_update
+from dussss_monai.engines.feature_perturbation import FeatureDropout
 from dussss_monai.engines.mean_teacher_trainer import MeanTeacherTrainer
 from dussss_monai.engines.schedules import ConsistencyWeight, sigmoid_rampup
 from dussss_monai.engines.student_views import CopyPaste, CutMix
@@ -19,6 +20,7 @@ __all__ = [
     "CopyPaste",
     "CutMix",
     "DuSSSTrainer",
+    "FeatureDropout",
     "LabeledBatch",
     "MeanTeacherTrainer",
     "StudentView",

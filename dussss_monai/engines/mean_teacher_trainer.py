@@ -6,6 +6,8 @@ One iteration takes a labeled batch (Ignite's data, as in MONAI's ``SupervisedTr
 
 - ``L_sup  = l(student(x_l), y_l)``
 - ``L_semi = mean over the pseudo labels p of l_c(student(view(x_u)), view(p))``
+- with a ``feature_perturbation`` (UniMatch's third stream), ``L_semi`` is the mean of that and of the same terms
+  for the student's feature-perturbed prediction of the teacher's view
 - ``total  = L_sup + w(t) * L_semi``; the student's optimiser steps on ``total``, then the teacher follows the
   student by EMA.
 
@@ -77,6 +79,10 @@ class MeanTeacherTrainer(SupervisedTrainer):
         student_perturbation: ``(unlabeled, labeled) -> StudentView``, a perturbation of the student's view that
             carries every pseudo label along, e.g. :class:`~dussss_monai.engines.CutMix` (French et al., BMVC 2020)
             or :class:`~dussss_monai.engines.CopyPaste` (BCP, Bai et al., CVPR 2023); ``None``: none.
+        feature_perturbation: ``(network, images) -> logits``, a second prediction of the teacher's view by the
+            student with perturbed features, taught by the same pseudo labels, e.g.
+            :class:`~dussss_monai.engines.FeatureDropout` (UniMatch, Yang et al., CVPR 2023); ``L_semi`` is then the
+            mean of the strong-view and the feature-perturbed terms; ``None``: no such stream.
         student_noise_std: Gaussian noise added to the student's unlabeled input (the original mean teacher's
             input perturbation), after ``student_perturbation``; 0 turns it off.
         student_image_key: batch key of the student's own view of the unlabeled images (e.g. a strongly
@@ -110,6 +116,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         pseudo_label_threshold: float | None = None,
         ignore_uncertain_pixels: bool = False,
         student_perturbation: Callable[[UnlabeledBatch, LabeledBatch], StudentView] | None = None,
+        feature_perturbation: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
         student_noise_std: float = 0.0,
         student_image_key: str | None = None,
         teacher_inferer: Inferer | None = None,
@@ -162,6 +169,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         self.pseudo_label_threshold = None if pseudo_label_threshold is None else float(pseudo_label_threshold)
         self.ignore_uncertain_pixels = bool(ignore_uncertain_pixels)
         self.student_perturbation = student_perturbation
+        self.feature_perturbation = feature_perturbation
         self.student_noise_std = float(student_noise_std)
         self.student_image_key = student_image_key
         self.teacher_inferer: Inferer = teacher_inferer if teacher_inferer is not None else self.inferer
@@ -243,7 +251,8 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
         Returns:
             ``engine.state.output``: ``image``, ``label``, ``pred`` (labeled batch), ``loss`` (total), ``loss_sup``,
-            ``loss_semi``, ``weight`` (``w(t)``), the terms of :meth:`pseudo_labels` as ``loss_<name>`` when there
+            ``loss_semi``, ``loss_fp`` (the feature-perturbed terms, with a ``feature_perturbation``), ``weight``
+            (``w(t)``), the terms of :meth:`pseudo_labels` as ``loss_<name>`` when there
             are several, and ``fg_fraction_<name>`` of each target.
 
         Raises:
@@ -286,6 +295,12 @@ class MeanTeacherTrainer(SupervisedTrainer):
                     terms[f"loss_{name}"] = term
                 semi.append(term)
             terms["loss_semi"] = torch.stack(semi).mean()
+            if engine.feature_perturbation is not None:
+                perturb = engine.feature_perturbation
+                perturbed = engine.inferer(unlabeled.images, lambda x: perturb(engine.network, x))
+                fp = [engine._consistency(perturbed, probabilities)[0] for probabilities in pseudo.values()]
+                terms["loss_fp"] = torch.stack(fp).mean()
+                terms["loss_semi"] = (terms["loss_semi"] + terms["loss_fp"]) / 2
             loss = terms["loss_sup"] + weight * terms["loss_semi"]
             terms.update(engine.auxiliary_terms())
         engine.state.output[Keys.LOSS] = loss

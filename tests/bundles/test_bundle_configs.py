@@ -129,3 +129,18 @@ def test_stage2_defaults_are_soft_pseudo_labels_with_the_squared_error_consisten
     assert train["pseudo_label_threshold"] is None
     assert train["consistency_loss"] == {"_target_": "dussss_monai.losses.ProbabilityMSELoss"}
     assert train["train"]["teacher_args"]["consistency_loss_function"] == "@consistency_loss"
+
+
+@pytest.mark.parametrize("bundle", ALL)
+def test_feature_dropout_is_off_by_default_and_builds_the_perturbation_when_set(bundle):
+    from monai.bundle import ConfigParser
+
+    from dussss_monai.engines import FeatureDropout
+
+    parser = ConfigParser(_load(bundle, "train.json"))
+    key = "train#teacher_args#feature_perturbation"
+    assert parser.get_parsed_content(key) is None  # the default: no feature-perturbed stream
+    parser = ConfigParser(_load(bundle, "train.json"))
+    parser["feature_dropout"] = 0.5
+    built = parser.get_parsed_content(key)
+    assert isinstance(built, FeatureDropout) and built.p == 0.5
