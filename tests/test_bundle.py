@@ -167,6 +167,18 @@ def test_matched_epoch_length_errors():
         matched_epoch_length({"training": [1]}, 2)
 
 
+def test_feature_perturbation_is_off_at_zero_and_refuses_rates_outside_0_to_1() -> None:
+    from dussss_monai.bundle import feature_perturbation
+    from dussss_monai.engines import FeatureDropout
+
+    assert feature_perturbation(0.0) is None
+    built = feature_perturbation(0.3)
+    assert isinstance(built, FeatureDropout) and built.p == 0.3
+    for rate in (-0.1, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="feature_dropout must be 0 .off. or in .0, 1.*--feature_dropout 0.5"):
+            feature_perturbation(rate)
+
+
 def test_make_inferer_matches_training_mode() -> None:
     from monai.inferers import SimpleInferer, SlidingWindowInferer
 

@@ -14,7 +14,7 @@ from monai.transforms import Activationsd, AsDiscreted, Compose, Resized
 from torch import nn
 
 from dussss_monai.bundle.checkpoints import load_stage1_model
-from dussss_monai.engines import CopyPaste, CutMix, DuSSSTrainer, MeanTeacherTrainer
+from dussss_monai.engines import CopyPaste, CutMix, DuSSSTrainer, FeatureDropout, MeanTeacherTrainer
 from dussss_monai.errors import ConfigError
 from dussss_monai.inferers import AutocastInferer, FlipTTAInferer, cpu_has_fast_bfloat16
 from dussss_monai.networks.grounding_decoder import GroundingDecoder
@@ -26,6 +26,7 @@ __all__ = [
     "stage2_trainer",
     "PERTURBATIONS",
     "student_perturbation",
+    "feature_perturbation",
     "make_refiner",
     "make_inferer",
     "use_bfloat16",
@@ -109,6 +110,26 @@ def student_perturbation(name: str) -> CutMix | CopyPaste | None:
     if name == "none":
         return None
     raise ConfigError(f"perturbation must be one of {', '.join(PERTURBATIONS)}; got {name!r}")
+
+
+def feature_perturbation(rate: float) -> FeatureDropout | None:
+    """The student's feature-perturbed stream of the bundles' ``feature_dropout`` setting (docs/method.md,
+    "Feature perturbation"): channel dropout of the encoder features at ``rate``, or ``None`` (off) for 0.
+
+    Args:
+        rate: the probability of zeroing a feature channel; 0 switches the stream off (the default).
+
+    Returns:
+        a :class:`~dussss_monai.engines.FeatureDropout`, or ``None`` when ``rate`` is 0.
+
+    Raises:
+        ConfigError: when ``rate`` is neither 0 nor in (0, 1).
+    """
+    if rate == 0:
+        return None
+    if not 0 < rate < 1:
+        raise ConfigError(f"feature_dropout must be 0 (off) or in (0, 1), got {rate}; e.g. --feature_dropout 0.5")
+    return FeatureDropout(rate)
 
 
 def make_refiner(
