@@ -1,6 +1,14 @@
 """MoNuSeg accuracy sweep (issue "Evidence on real data"): DuSSS, its ablations and the baselines over
 labeled ratios and seeds, with mean and sample standard deviation, next to the paper's numbers.
 
+Not the script of the current results: ``benchmarks/monuseg_table.py`` runs the bundle's own recipe next to the
+plain U-Net reference (docs/results.md). Both budgets below override that recipe with earlier settings (the
+demo's small networks at 128 px on CPU; the paper's 224-pixel resize on GPU), which score several points lower
+on MoNuSeg (docs/notebook/2026-11-27_benchmarks.md). The script is kept for ``benchmarks/gpu.sh`` and for the
+stage-1 ablations (``dussss_no_sss``, ``dussss_no_dcl``); with the current recipe those are
+``monuseg_table.py --methods dussss --stage1_extra use_sss=False`` (or ``intra_modal=False``) in a workdir of
+their own.
+
 For every labeled ratio ``r`` (``--ratios``), seed ``s`` (``--seeds``) and method (``--methods``) the
 MoNuSeg bundle ``bundles/dussss_monuseg`` is run exactly as a user would run it, one
 ``python -m monai.bundle`` subprocess per step (command printed, output kept in a log file):
