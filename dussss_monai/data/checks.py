@@ -3,9 +3,11 @@
 :func:`check_dataset` walks a datalist (``{"training": [...], "validation": [...], "test": [...]}``
 of ``{"image", "label", "text", "name"}`` items) and collects, without stopping at the first one:
 
-- an item that is not a mapping, or whose ``image``/``label``/``text`` is missing or not a string;
-- image files that are missing, empty, of an unsupported type, unreadable, too small or too large
-  (headers only plus Pillow's integrity check, so large images are not decoded);
+- an item that is not a mapping, or whose ``image`` is missing, or whose ``label``/``text`` is missing where the
+  caller requires it (``require_labels``, ``require_text``: for every section, or for the sections named), or is
+  not a string;
+- image files that are missing, empty, of an unsupported type, unreadable, too small or too large (from the
+  header, before anything is decoded), or whose pixels are NaN, infinite or all the same (decoded once);
 - mask files with the same problems, masks that are not binary or whose colour channels differ
   (masks are fully decoded: they are small);
 - an image and its mask of different sizes;
@@ -21,17 +23,17 @@ turns undecodable text files into the same error type, naming the byte offset an
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dussss_monai.data.image_io import ImageInfo, read_image_info, read_mask_2d
+from dussss_monai.data.image_io import ImageInfo, check_pixels, read_image_info, read_mask_2d
 from dussss_monai.errors import DatasetError
 
-__all__ = ["SECTIONS", "check_dataset", "collect_problems", "decode_utf8", "item_name"]
+__all__ = ["SECTIONS", "check_dataset", "collect_problems", "decode_utf8", "item_name", "required_in"]
 
-#: the datalist sections, in order
-SECTIONS: tuple[str, ...] = ("training", "validation", "test")
+#: the datalist sections, in order; ``unlabeled`` holds training images given without masks
+SECTIONS: tuple[str, ...] = ("training", "validation", "test", "unlabeled")
 
 
 def decode_utf8(data: bytes, path: str | os.PathLike) -> str:
@@ -76,12 +78,20 @@ def _iter_items(datalist: Mapping[str, Any] | Sequence[Any]) -> list[tuple[str, 
     return [(f"item[{i}]", it) for i, it in enumerate(datalist)]
 
 
+def required_in(requirement: bool | Collection[str], where: str) -> bool:
+    """Whether a requirement given for every section (``True``) or for some (their names) applies at ``where``."""
+    if isinstance(requirement, bool):
+        return requirement
+    return where.split("[", 1)[0] in requirement
+
+
 def collect_problems(
     datalist: Mapping[str, Any] | Sequence[Any],
-    require_labels: bool = True,
+    require_labels: bool | Collection[str] = True,
     channels: int | None = None,
     source: str | os.PathLike | None = None,
     files: bool = True,
+    require_text: bool | Collection[str] = True,
 ) -> list[str]:
     """Run every check of :func:`check_dataset` and return the problems found (empty when none).
 
@@ -126,13 +136,17 @@ def collect_problems(
                 seen_names.setdefault(name, (where, image))
             try:
                 info = read_image_info(image) if files else None
+                if files:
+                    check_pixels(image)
             except DatasetError as e:
                 problems += e.problems
             if info is not None and channels is None:
                 channel_counts.setdefault(info.channels, image)
         if label is None:
-            if require_labels:
-                problems.append(f"{where_src}{where} ({_img(image)}): no 'label' (mask) given")
+            if required_in(require_labels, where):
+                problems.append(
+                    f"{where_src}{where} ({_img(image)}): no 'label' (mask) given; {where.split('[', 1)[0]} images need masks"
+                )
         elif not isinstance(label, str) or not label:
             problems.append(
                 f"{where_src}{where} ({_img(image)}): 'label' must be a file path string, got {_show(label)}"
@@ -149,7 +163,10 @@ def collect_problems(
                         f"{_img(image)} ({info.width}x{info.height})"
                     )
         if text is None:
-            problems.append(f"{where_src}{where} ({_img(image)}): no 'text' given; every image needs a description")
+            if required_in(require_text, where):
+                problems.append(
+                    f"{where_src}{where} ({_img(image)}): no 'text' given; this run reads a description of every image"
+                )
         elif not isinstance(text, str):
             problems.append(f"{where_src}{where} ({_img(image)}): 'text' is not text ({type(text).__name__} {text!r})")
         elif not text.strip():
@@ -164,9 +181,10 @@ def collect_problems(
 
 def check_dataset(
     datalist: Mapping[str, Any] | Sequence[Any],
-    require_labels: bool = True,
+    require_labels: bool | Collection[str] = True,
     channels: int | None = None,
     source: str | os.PathLike | None = None,
+    require_text: bool | Collection[str] = True,
 ) -> None:
     """Check every item of a datalist and raise one error listing all problems.
 
@@ -174,7 +192,9 @@ def check_dataset(
         datalist: ``{"training": [...], "validation": [...], "test": [...]}`` (missing sections are
             empty) or a plain list of items; items are ``{"image": path, "label": path, "text": str}``
             with an optional ``"name"``.
-        require_labels: every item must have a mask (``False`` for image-only data).
+        require_labels: every item must have a mask (``True``), none (``False``, image-only data), or the items of
+            the sections named (e.g. ``("validation",)``: training images without a mask are unlabeled).
+        require_text: the same for the description (``False`` where no sentence is read).
         channels: the channel count the pipeline converts to (1, 3); ``None`` requires all images to
             store the same number of channels.
         source: the file the datalist came from, named in item-level messages.
@@ -182,7 +202,9 @@ def check_dataset(
     Raises:
         DatasetError: listing every problem found, each naming its file.
     """
-    problems = collect_problems(datalist, require_labels=require_labels, channels=channels, source=source)
+    problems = collect_problems(
+        datalist, require_labels=require_labels, channels=channels, source=source, require_text=require_text
+    )
     if problems:
         raise DatasetError(problems, header=f"dataset check failed{f' for {source}' if source is not None else ''}")
 

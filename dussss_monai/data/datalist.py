@@ -1,55 +1,46 @@
-"""MONAI datalists: reading JSON/CSV, the labeled/unlabeled split, and ``prepare_datalist``.
+"""Reading a dataset, whatever its form, into a MONAI datalist.
 
-A datalist is ``{"training": [...], "validation": [...], "test": [...]}`` of items
-``{"image": path, "label": path, "text": str, "name": str}`` (see ``docs/data_format.md``). A *split*
-divides ``training`` into ``labeled`` and ``unlabeled`` by ratio and seed.
+A datalist is ``{"training": [...], "validation": [...], "test": [...], "unlabeled": [...]}`` of items
+``{"image": path, "label": path, "text": str, "name": str}`` (see ``docs/data_format.md``); a training item
+without ``label`` is an unlabeled image. :func:`read_dataset` reads any of the forms a dataset comes in:
 
-Command line::
+- a folder in LViT's layout (``Train_Folder/img``, ``labelcol``, ``Train_text.xlsx``; :mod:`~dussss_monai.data.lvit`);
+- a MONAI datalist ``.json`` (:func:`load_datalist`);
+- a table, ``.csv`` or ``.xlsx``, with the user's own column names (:mod:`~dussss_monai.data.tables`);
+- a folder of images, with their masks (where there are any) in ``mask_dir``.
 
-    python -m dussss_monai.data.datalist --dataset_dir D --output_dir O --labeled_ratio 0.25 --seed 0
-
-prints a summary; on a data problem it prints the message (no traceback) and exits with status 2.
+How the training images are divided into labeled and unlabeled ones, and the validation hold-out, are in
+:mod:`~dussss_monai.data.splits`. Command line: ``python -m dussss_monai.data.datalist`` (see
+:func:`dussss_monai.data.splits.main`).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
-import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from numbers import Real
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dussss_monai.data.checks import SECTIONS, collect_problems, decode_utf8, item_name
+from dussss_monai.data.image_io import SUPPORTED_EXTENSIONS, is_supported_image
 from dussss_monai.data.lvit import is_lvit_dataset, read_lvit_dataset
-from dussss_monai.errors import ConfigError, DatasetError, DuSSSError
+from dussss_monai.data.tables import TABLE_EXTENSIONS, find_mask, read_table
+from dussss_monai.errors import DatasetError
 from dussss_monai.utils.io import atomic_write_json
 
 __all__ = [
+    "DATALIST_EXTENSIONS",
     "load_datalist",
     "save_datalist",
-    "split_labeled",
-    "holdout_validation",
-    "split_filename",
-    "prepare_datalist",
-    "main",
+    "read_image_folder",
+    "read_dataset",
+    "DatasetSource",
 ]
 
-_SPLIT_ALIASES = {
-    "training": "training", "train": "training",
-    "validation": "validation", "val": "validation", "valid": "validation",
-    "test": "test", "testing": "test",
-}  # fmt: skip
-#: the validation hold-out uses this fixed seed, so that every labeled ratio and seed of one output
-#: folder shares the same validation images (and the same ``datalist.json``)
-HOLDOUT_SEED = 0
+#: the file types a datalist may be written in
+DATALIST_EXTENSIONS = (".json", *TABLE_EXTENSIONS)
 
 
 def _header(path: Path) -> str:
@@ -106,72 +97,38 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, list[Any]]:
     return out
 
 
-def _read_csv(path: Path, problems: list[str]) -> dict[str, list[Any]]:
-    text = decode_utf8(path.read_bytes(), path)
-    try:
-        lines = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as e:
-        raise DatasetError([f"{path}: malformed CSV ({e})"], header=_header(path)) from e
-    rows = [(i + 1, r) for i, r in enumerate(lines) if any(c.strip() for c in r)]
-    if not rows:
-        raise DatasetError([f"{path}: empty CSV (expected a header image,label,text,split)"], header=_header(path))
-    header = [c.strip().lower() for c in rows[0][1]]
-    if "image" not in header:
-        raise DatasetError(
-            [
-                f"{path}: no 'image' column in the header (found: {', '.join(map(repr, rows[0][1]))}); "
-                "expected columns image,label,text,split"
-            ],
-            header=_header(path),
-        )
-    col = {name: header.index(name) for name in ("image", "label", "text", "split", "name") if name in header}
-    if "text" not in col:
-        problems.append(f"{path}: no 'text' column in the header; every image needs a description")
-    out: dict[str, list[Any]] = {s: [] for s in SECTIONS}
-    for line, cells in rows[1:]:
-        values = {k: (cells[i].strip() if i < len(cells) else "") for k, i in col.items()}
-        split = values.pop("split", "") or "training"
-        section = _SPLIT_ALIASES.get(split.lower())
-        if section is None:
-            problems.append(f"{path}: line {line}: unknown split '{split}' (use training, validation or test)")
-            continue
-        item: dict[str, Any] = {"image": values.get("image", "")}
-        if values.get("label"):
-            item["label"] = values["label"]
-        if "text" in values:
-            item["text"] = values["text"]
-        if values.get("name"):
-            item["name"] = values["name"]
-        if not item["image"]:
-            problems.append(f"{path}: line {line}: empty image cell")
-            continue
-        out[section].append(item)
-    return out
-
-
 def load_datalist(
     path: str | os.PathLike,
     check: bool = True,
-    require_labels: bool = True,
+    require_labels: bool | Collection[str] = ("validation",),
     channels: int | None = None,
+    require_text: bool | Collection[str] = False,
+    columns: Mapping[str, str] | None = None,
+    image_dir: str | os.PathLike | None = None,
+    mask_dir: str | os.PathLike | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Load a datalist from a MONAI-style JSON file or a CSV file.
+    """Load a datalist from a MONAI-style JSON file or a table (CSV, Excel).
 
-    JSON: ``{"training": [{"image": ..., "label": ..., "text": ...}, ...], "validation": [...],
-    "test": [...]}`` (missing sections are empty; other top-level keys are ignored). CSV: a header
-    with columns ``image,label,text,split`` (``split`` is ``training``/``validation``/``test``, also
-    ``train``/``val``; empty or absent means ``training``; an optional ``name`` column).
-    Relative paths are resolved against the file's folder. Every item gets a ``name`` (its image file
-    name unless given).
+    JSON: ``{"training": [{"image": ..., "label": ..., "text": ...}, ...], "validation": [...], "test": [...],
+    "unlabeled": [...]}`` (missing sections are empty; other top-level keys are ignored). A training item without
+    ``label`` is an unlabeled image, as is every item of ``unlabeled``. A table: one row per image, read by
+    :func:`~dussss_monai.data.tables.read_table` (``columns``, ``image_dir`` and ``mask_dir`` apply to tables).
+    Relative paths are resolved against the file's folder. Every item gets a ``name`` (its image file name unless
+    given).
 
     Args:
-        path: the ``.json`` or ``.csv`` file.
+        path: the ``.json``, ``.csv`` or ``.xlsx`` file.
         check: run :func:`~dussss_monai.data.checks.check_dataset` on the items (file checks).
-        require_labels: every item needs a ``label``.
+        require_labels: the sections whose items need a ``label`` (``True``: every item).
         channels: passed to the checks.
+        require_text: the sections whose items need a ``text`` (``True``: every item).
+        columns: a table's column names, ``{"image": "filename", "text": "report"}``.
+        image_dir: where a table's relative image paths start (default: the table's folder).
+        mask_dir: where a table's relative mask paths start, and where masks are looked up by file stem when the
+            table has no mask column.
 
     Returns:
-        the datalist with absolute paths.
+        the datalist with absolute paths, sections ``training``, ``validation``, ``test``, ``unlabeled``.
 
     Raises:
         DatasetError: unreadable, non-UTF-8 or malformed file, or any item problem, all at once and
@@ -186,15 +143,18 @@ def load_datalist(
     ext = p.suffix.lower()
     if ext == ".json":
         raw = _read_json(p, problems)
-    elif ext == ".csv":
-        raw = _read_csv(p, problems)
+    elif ext in TABLE_EXTENSIONS:
+        raw, table_problems = read_table(p, columns=columns, image_dir=image_dir, mask_dir=mask_dir)
+        problems += table_problems
     else:
-        raise DatasetError([f"{p}: unsupported datalist type '{ext}' (use .json or .csv)"], header=_header(p))
+        raise DatasetError(
+            [f"{p}: unsupported datalist type '{ext}' (use .json, {', '.join(TABLE_EXTENSIONS)})"], header=_header(p)
+        )
     base = p.parent.resolve()
     datalist: dict[str, list[dict[str, Any]]] = {}
     for section in SECTIONS:
         items = []
-        for i, it in enumerate(raw[section]):
+        for i, it in enumerate(raw.get(section, [])):
             if isinstance(it, Mapping):
                 items.append(_normalise_item(it, base))
             else:
@@ -204,230 +164,164 @@ def load_datalist(
         datalist[section] = items
     if not any(datalist.values()) and not problems:
         problems.append(f"{p}: the datalist has no items")
-    problems += collect_problems(datalist, require_labels=require_labels, channels=channels, source=p, files=check)
+    problems += collect_problems(
+        datalist, require_labels=require_labels, channels=channels, source=p, files=check, require_text=require_text
+    )
     if problems:
         raise DatasetError(problems, header=f"dataset check failed for {p}")
     return datalist
 
 
 def save_datalist(datalist: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike) -> Path:
-    """Write a datalist as JSON atomically (sections ``training``, ``validation``, ``test``)."""
+    """Write a datalist as JSON atomically (sections ``training``, ``validation``, ``test``, ``unlabeled``)."""
     return atomic_write_json(path, {s: [dict(it) for it in datalist.get(s, [])] for s in SECTIONS})
 
 
-def _check_ratio(value: Any, name: str, low_open: bool = True, high: float = 1.0, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    ok_low = v > 0 if low_open else v >= 0
-    ok_high = v < high if high_open else v <= high
-    if not (ok_low and ok_high):
-        interval = f"{'(' if low_open else '['}0, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"{name} must be in {interval}, got {v:g}")
-    return v
+def read_image_folder(
+    folder: str | os.PathLike, mask_dir: str | os.PathLike | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """A folder of images as a datalist: every supported image file (sorted by name, hidden files skipped) is a
+    training item, with its mask when ``mask_dir`` holds one (:func:`~dussss_monai.data.tables.find_mask`).
+
+    Raises:
+        DatasetError: no image in the folder, or ``mask_dir`` missing.
+    """
+    root = Path(folder)
+    images = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith(".") and is_supported_image(f))
+    if not images:
+        raise DatasetError(
+            [f"{root}: folder holds no image files (supported: {', '.join(SUPPORTED_EXTENSIONS)})"],
+            header="cannot read dataset",
+        )
+    if mask_dir is not None and not Path(mask_dir).is_dir():
+        raise DatasetError([f"{mask_dir}: mask folder does not exist (--mask_dir)"], header="cannot read dataset")
+    items = []
+    for image in images:
+        item: dict[str, Any] = {"image": str(image.resolve()), "name": image.name}
+        mask = find_mask(mask_dir, image) if mask_dir is not None else None
+        if mask is not None:
+            item["label"] = str(mask.resolve())
+        items.append(item)
+    return {"training": items, "validation": [], "test": [], "unlabeled": []}
 
 
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
-def _sorted_items(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return sorted((dict(it) for it in items), key=lambda it: (item_name(it), str(it.get("image", ""))))
-
-
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
-def split_labeled(
-    training: Sequence[Mapping[str, Any]],
-    labeled_ratio: float,
-    seed: int,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split the training items into labeled and unlabeled parts, deterministically.
-
-    The items are sorted by name (then image path), permuted with ``numpy.random.default_rng(seed)``
-    and the first ``n_labeled = max(1, round_half_up(labeled_ratio * N))`` become labeled. Both parts
-    are returned sorted by name. The result depends only on the names, the ratio and the seed, not on
-    the input order.
+class DatasetSource:
+    """Where a dataset comes from, and how to read it (:func:`read_dataset`).
 
     Args:
-        training: the training items.
-        labeled_ratio: fraction of labeled images, in ``(0, 1]`` (``1``: fully supervised).
-        seed: non-negative integer.
-
-    Returns:
-        ``(labeled, unlabeled)``, disjoint, together equal to ``training``.
-
-    Raises:
-        ConfigError: ratio outside ``(0, 1]`` or not a number; negative or non-integer seed.
-        DatasetError: empty training list (no labeled image possible).
+        dataset_dir: an LViT-layout folder, a datalist ``.json``, a table (``.csv``, ``.xlsx``) or a folder of
+            images.
+        columns: a table's column names for our keys (``{"image": "filename", "text": "report"}``).
+        image_dir: where a table's relative image paths start (default: the table's folder).
+        mask_dir: where masks are found: for a table, relative mask paths start there and, without a mask
+            column, masks are looked up by the image's file stem; for a folder of images, the masks' folder.
     """
-    ratio = _check_ratio(labeled_ratio, "labeled_ratio")
-    seed = _check_seed(seed)
-    items = _sorted_items(training)
-    n = len(items)
-    if n == 0:
-        raise DatasetError(
-            ["the training list is empty: a split needs at least one labeled image"], header="cannot split"
-        )
-    n_labeled = min(n, max(1, _round_half_up(ratio * n)))
-    order = np.random.default_rng(seed).permutation(n)
-    chosen = set(order[:n_labeled].tolist())
-    labeled = [it for i, it in enumerate(items) if i in chosen]
-    unlabeled = [it for i, it in enumerate(items) if i not in chosen]
-    return labeled, unlabeled
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        columns: Mapping[str, str] | None = None,
+        image_dir: str | os.PathLike | None = None,
+        mask_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.path = Path(dataset_dir)
+        self.columns = dict(columns) if columns else None
+        self.image_dir = image_dir
+        self.mask_dir = mask_dir
+
+    @property
+    def kind(self) -> str:
+        """``"lvit"``, ``"datalist"``, ``"table"``, ``"images"`` (a folder of images) or ``"missing"``."""
+        if self.path.is_dir():
+            return "lvit" if is_lvit_dataset(self.path) else "images"
+        if self.path.is_file():
+            return "datalist" if self.path.suffix.lower() == ".json" else "table"
+        return "missing"
+
+    def describe(self) -> str:
+        """One phrase naming the source, for summaries: ``"the table reports.csv (masks in masks/)"``."""
+        masks = f" (masks in {self.mask_dir})" if self.mask_dir else ""
+        return {
+            "lvit": f"the LViT-layout folder {self.path}",
+            "datalist": f"the datalist {self.path}",
+            "table": f"the table {self.path}{masks}",
+            "images": f"the image folder {self.path}{masks}",
+        }.get(self.kind, str(self.path))
+
+    def as_record(self) -> dict[str, Any]:
+        """The source as JSON-serialisable settings (run records)."""
+        return {
+            "dataset_dir": str(self.path.resolve()),
+            "columns": self.columns,
+            "image_dir": str(Path(self.image_dir).resolve()) if self.image_dir else None,
+            "mask_dir": str(Path(self.mask_dir).resolve()) if self.mask_dir else None,
+        }
 
 
-def holdout_validation(
-    training: Sequence[Mapping[str, Any]],
-    val_fraction: float,
-    seed: int = HOLDOUT_SEED,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Hold out ``max(1, round_half_up(val_fraction * N))`` training items for validation.
-
-    Deterministic as :func:`split_labeled` (sorted by name, permuted by ``seed``). ``val_fraction = 0``
-    holds out nothing.
-
-    Returns:
-        ``(training, validation)``.
-
-    Raises:
-        ConfigError: ``val_fraction`` outside ``[0, 1)``.
-        DatasetError: fewer than two training items when a hold-out is asked for.
-    """
-    frac = _check_ratio(val_fraction, "val_fraction", low_open=False, high_open=True)
-    items = _sorted_items(training)
-    if frac == 0:
-        return items, []
-    n = len(items)
-    if n < 2:
-        raise DatasetError(
-            [
-                f"only {n} training image(s) and no validation set: cannot hold out validation images; add a validation set"
-            ],
-            header="cannot hold out validation",
-        )
-    n_val = min(n - 1, max(1, _round_half_up(frac * n)))
-    order = np.random.default_rng(seed).permutation(n)
-    chosen = set(order[:n_val].tolist())
-    return [it for i, it in enumerate(items) if i not in chosen], [it for i, it in enumerate(items) if i in chosen]
-
-
-def split_filename(labeled_ratio: float, seed: int) -> str:
-    """``split_ratio<r>_seed<s>.json`` with ``r`` in the shortest form (``0.25``, ``0.5``, ``1``)."""
-    return f"split_ratio{float(labeled_ratio):g}_seed{int(seed)}.json"
-
-
-def prepare_datalist(
-    dataset_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    labeled_ratio: float = 0.25,
-    seed: int = 0,
-    val_fraction: float = 0.2,
+def read_dataset(
+    source: DatasetSource,
     check: bool = True,
     channels: int | None = None,
-) -> dict[str, Any]:
-    """Read a dataset, check it, hold out validation if needed, split it, and write the files.
+    require_labels: bool | Collection[str] = ("validation",),
+    require_text: bool | Collection[str] = False,
+) -> dict[str, list[dict[str, Any]]]:
+    """Read and check a dataset, whatever its form (module docstring).
 
     Args:
-        dataset_dir: an LViT-layout folder (``Train_Folder``, ...) or a datalist ``.json``/``.csv`` file.
-        output_dir: where ``datalist.json`` and ``split_ratio<r>_seed<s>.json`` are written (atomically).
-        labeled_ratio: fraction of training images with labels, in ``(0, 1]``.
-        seed: seed of the labeled/unlabeled split.
-        val_fraction: when the dataset has no validation items, this fraction of the training items is
-            held out for validation, with the fixed seed :data:`HOLDOUT_SEED` (independent of ``seed``,
-            so every split of one output folder shares one validation set).
-        check: run the file checks (readability, sizes, binary masks, text).
-        channels: passed to the checks.
+        source: the dataset.
+        check: run the file checks (readability, sizes, binary masks, pixel values) besides the structure.
+        channels: the channel count images are converted to (1, 3); ``None``: all must store the same.
+        require_labels: the sections whose items need a mask (``True``: every item).
+        require_text: the sections whose items need a description (``True``: every item).
 
     Returns:
-        ``{"training", "validation", "test", "labeled", "unlabeled"}`` lists of items (absolute paths).
+        the datalist, sections ``training``, ``validation``, ``test`` and ``unlabeled``, absolute paths.
 
     Raises:
-        ConfigError: a ratio or the seed out of range.
-        DatasetError: any data problem, all at once. Everything is checked before anything is written,
-            so a failure leaves no output.
+        DatasetError: every problem found, all at once, each naming its file.
     """
-    ratio = _check_ratio(labeled_ratio, "labeled_ratio")
-    seed = _check_seed(seed)
-    _check_ratio(val_fraction, "val_fraction", low_open=False, high_open=True)
-    src = Path(dataset_dir)
-    if src.is_dir():
-        if not is_lvit_dataset(src):
-            raise DatasetError(
-                [f"{src}: neither an LViT dataset folder (no Train_Folder/) nor a datalist file (.json/.csv)"],
-                header="cannot read dataset",
-            )
-        datalist = read_lvit_dataset(src, check=check, channels=channels)
-    elif src.suffix.lower() in (".json", ".csv") or src.is_file():
-        datalist = load_datalist(src, check=check, channels=channels)
-    else:
-        raise DatasetError([f"{src}: dataset folder or datalist file does not exist"], header="cannot read dataset")
-    training = _sorted_items(datalist["training"])
-    validation = _sorted_items(datalist["validation"])
-    test = _sorted_items(datalist["test"])
-    if not validation:
-        training, validation = holdout_validation(training, val_fraction)
-    labeled, unlabeled = split_labeled(training, ratio, seed)
-
-    out = Path(output_dir)
-    atomic_write_json(out / "datalist.json", {"training": training, "validation": validation, "test": test})
-    atomic_write_json(
-        out / split_filename(ratio, seed),
-        {
-            "labeled_ratio": ratio,
-            "seed": seed,
-            "source": str(src.resolve()),
-            "n_labeled": len(labeled),
-            "n_unlabeled": len(unlabeled),
-            "labeled": labeled,
-            "unlabeled": unlabeled,
-        },
+    kind = source.kind
+    if kind == "missing":
+        raise DatasetError(
+            [f"{source.path}: dataset folder or datalist file does not exist"], header="cannot read dataset"
+        )
+    if kind == "lvit":
+        return read_lvit_dataset(
+            source.path, check=check, channels=channels, require_text=require_text, require_labels=require_labels
+        )
+    if kind == "images":
+        datalist = read_image_folder(source.path, source.mask_dir)
+        problems = collect_problems(
+            datalist, require_labels=require_labels, channels=channels, files=check, require_text=require_text
+        )
+        if problems:
+            raise DatasetError(problems, header=f"dataset check failed for {source.path}")
+        return datalist
+    if source.path.suffix.lower() not in DATALIST_EXTENSIONS:
+        raise DatasetError(
+            [
+                f"{source.path}: neither a dataset folder nor a datalist (.json) or table "
+                f"({', '.join(TABLE_EXTENSIONS)})"
+            ],
+            header="cannot read dataset",
+        )
+    return load_datalist(
+        source.path,
+        check=check,
+        require_labels=require_labels,
+        channels=channels,
+        require_text=require_text,
+        columns=source.columns,
+        image_dir=source.image_dir,
+        mask_dir=source.mask_dir,
     )
-    return {"training": training, "validation": validation, "test": test, "labeled": labeled, "unlabeled": unlabeled}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 2 data or config problem)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dussss_monai.data.datalist",
-        description="Check a dataset (LViT folder or datalist .json/.csv) and write datalist.json and a labeled/unlabeled split.",
-    )
-    parser.add_argument("--dataset_dir", required=True, help="LViT-layout folder or datalist .json/.csv file")
-    parser.add_argument("--output_dir", required=True, help="folder for datalist.json and split_ratio<r>_seed<s>.json")
-    parser.add_argument(
-        "--labeled_ratio", type=float, default=0.25, help="fraction of labeled training images, in (0, 1]"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the labeled/unlabeled split")
-    parser.add_argument(
-        "--val_fraction", type=float, default=0.2, help="hold-out fraction when there is no validation set"
-    )
-    parser.add_argument("--channels", type=int, default=None, choices=(1, 3), help="convert images to 1 or 3 channels")
-    parser.add_argument("--no_check", action="store_true", help="skip the per-file checks")
-    args = parser.parse_args(argv)
-    try:
-        result = prepare_datalist(
-            args.dataset_dir,
-            args.output_dir,
-            args.labeled_ratio,
-            args.seed,
-            args.val_fraction,
-            check=not args.no_check,
-            channels=args.channels,
-        )
-    except DuSSSError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    out = Path(args.output_dir)
-    print(
-        f"{args.dataset_dir}: {len(result['training'])} training ({len(result['labeled'])} labeled, "
-        f"{len(result['unlabeled'])} unlabeled), {len(result['validation'])} validation, {len(result['test'])} test\n"
-        f"wrote {out / 'datalist.json'} and {out / split_filename(args.labeled_ratio, args.seed)}"
-    )
-    return 0
+    """``python -m dussss_monai.data.datalist``: see :func:`dussss_monai.data.splits.main`."""
+    from dussss_monai.data.splits import main as splits_main
+
+    return splits_main(argv)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ __all__ = [
     "file_extension",
     "is_supported_image",
     "read_image_info",
+    "check_pixels",
     "read_image_2d",
     "read_mask_2d",
 ]
@@ -299,6 +300,22 @@ def _scale(path: PathLike, arr: np.ndarray, scaling: str, window: Sequence[float
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.float32)
     return ((a - lo) / (hi - lo)).astype(np.float32)
+
+
+def check_pixels(path: PathLike) -> None:
+    """Decode an image and refuse values no training can use: NaN or infinite values, or one value everywhere.
+
+    Raises:
+        DatasetError: naming the file and what is wrong (and any problem of :func:`read_image_2d`'s reading).
+    """
+    arr = _decode(path)
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(arr.size - np.count_nonzero(finite))
+            raise _fail(path, f"image contains NaN or infinite values ({bad} of {arr.size} values)")
+    if arr.size and arr.min() == arr.max():
+        raise _fail(path, f"image is constant (every value {arr.flat[0]}): an empty or failed export")
 
 
 def read_image_2d(

@@ -1,7 +1,9 @@
 """Inputs of the inference bundle: which images to segment, and what to remember of each.
 
-- :func:`list_images` turns a folder of images, a single image file, or a datalist (JSON/CSV) into the
+- :func:`list_images` turns a folder of images, a single image file, or a datalist (JSON, CSV, Excel) into the
   items ``[{"image": path, "name": file name}]`` that the inference pipeline reads.
+- :class:`InferenceInputs` is what the inference bundle reads: those items, less every file whose header cannot be
+  read (each reported and skipped, so one bad file does not stop the others), and the summary at the end.
 - :class:`RecordOriginald` records, before the image is loaded and resized, its absolute path
   (``image_path``) and its original size (``orig_size``, ``(H, W)`` as an int64 tensor, read from the
   file header only), so that :class:`~dussss_monai.handlers.mask_writer.MaskWriter` can name each mask
@@ -21,20 +23,27 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import Compose, MapTransform
 
+from dussss_monai.data.datalist import DATALIST_EXTENSIONS
 from dussss_monai.data.image_io import SUPPORTED_EXTENSIONS, is_supported_image, read_image_info
 from dussss_monai.errors import ConfigError, DatasetError
+from dussss_monai.utils.io import atomic_write_text
 
-__all__ = ["list_images", "select_split", "RecordOriginald", "inference_transforms", "DATALIST_EXTENSIONS"]
+__all__ = ["list_images", "InferenceInputs", "RecordOriginald", "inference_transforms"]
 
-DATALIST_EXTENSIONS = (".json", ".csv")
-SPLITS = ("training", "validation", "test")
+SPLITS = ("training", "validation", "test", "unlabeled")
 
 
 def _item(path: Path) -> dict[str, str]:
     return {"image": str(path.resolve()), "name": path.name}
 
 
-def list_images(path: str | os.PathLike, split: str = "test", recursive: bool = False) -> list[dict[str, Any]]:
+def list_images(
+    path: str | os.PathLike,
+    split: str = "test",
+    recursive: bool = False,
+    columns: Mapping[str, str] | None = None,
+    image_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
     """Items to segment: ``[{"image": absolute path, "name": file name}, ...]``.
 
     Args:
@@ -42,11 +51,14 @@ def list_images(path: str | os.PathLike, split: str = "test", recursive: bool = 
             - a folder: every file with a supported extension (PNG, TIFF, JPEG, BMP, NIfTI ``.nii`` /
               ``.nii.gz``), sorted by name; hidden files and other files are skipped;
             - a single image file;
-            - a datalist ``.json`` / ``.csv`` (:func:`dussss_monai.data.datalist.load_datalist` format; masks
-              are not needed): the items of section ``split``, with their ``text`` kept when present.
-        split: datalist section to use (``training``, ``validation`` or ``test``).
+            - a datalist ``.json`` or a table ``.csv`` / ``.xlsx``
+              (:func:`dussss_monai.data.datalist.load_datalist`; neither masks nor text are needed): the items of
+              section ``split``.
+        split: datalist section to use (``training``, ``validation``, ``test`` or ``unlabeled``).
         recursive: also list the images of sub-folders (names stay file names; the writer keeps
             colliding names apart).
+        columns: a table's column names (``{"image": "filename"}``).
+        image_dir: where a table's relative image paths start.
 
     Returns:
         the items, in a stable order.
@@ -78,7 +90,9 @@ def list_images(path: str | os.PathLike, split: str = "test", recursive: bool = 
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         from dussss_monai.data.datalist import load_datalist
 
-        datalist = load_datalist(p, check=True, require_labels=False)
+        datalist = load_datalist(
+            p, check=False, require_labels=False, require_text=False, columns=columns, image_dir=image_dir
+        )
         items = datalist.get(split) or []
         if not items:
             filled = [s for s in SPLITS if datalist.get(s)]
@@ -88,14 +102,7 @@ def list_images(path: str | os.PathLike, split: str = "test", recursive: bool = 
                 ],
                 header="no images to segment",
             )
-        out = []
-        for it in items:
-            img = Path(it["image"])
-            entry: dict[str, Any] = {"image": str(img), "name": it.get("name") or img.name}
-            if it.get("text"):
-                entry["text"] = it["text"]
-            out.append(entry)
-        return out
+        return [{"image": it["image"], "name": it.get("name") or Path(it["image"]).name} for it in items]
     if is_supported_image(p):
         return [_item(p)]
     raise DatasetError(
@@ -106,30 +113,61 @@ def list_images(path: str | os.PathLike, split: str = "test", recursive: bool = 
     )
 
 
-def select_split(
-    datalist: Mapping[str, Sequence[Mapping[str, Any]]], split: str, allowed: Sequence[str] = ("validation", "test")
-) -> list[dict[str, Any]]:
-    """The items of one section of a datalist, for evaluation.
+class InferenceInputs:
+    """The images an inference run segments: :func:`list_images`, less the files that cannot be read.
+
+    Every listed file's header is read (and a PNG's chunk checksums verified) before the run, so a zero-byte,
+    truncated or non-image file is reported and skipped instead of stopping the run and losing the masks of the
+    files after it. :meth:`finish`, the last step of the run, writes the summary and fails when a file was skipped.
 
     Args:
-        datalist: e.g. the result of :func:`dussss_monai.data.prepare_datalist`.
-        split: the section to evaluate (``validation`` to choose models, ``test`` once at the end).
-        allowed: accepted section names.
+        path, split, recursive, columns, image_dir: as :func:`list_images`.
 
     Raises:
-        ConfigError: ``split`` not in ``allowed``.
-        DatasetError: the section is empty.
+        DatasetError: the input does not exist or lists nothing, or no file at all can be read.
     """
-    if split not in allowed:
-        raise ConfigError(f"split must be one of {', '.join(allowed)}; got {split!r}")
-    items = list(datalist.get(split) or [])
-    if not items:
-        filled = [s for s in SPLITS if datalist.get(s)]
-        raise DatasetError(
-            [f"the dataset has no '{split}' items (sections with items: {', '.join(filled) or 'none'})"],
-            header="nothing to evaluate",
-        )
-    return [dict(it) for it in items]
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        split: str = "test",
+        recursive: bool = False,
+        columns: Mapping[str, str] | None = None,
+        image_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.items: list[dict[str, Any]] = []
+        self.skipped: list[str] = []
+        listed = list_images(path, split=split, recursive=recursive, columns=columns, image_dir=image_dir)
+        for item in listed:
+            try:
+                read_image_info(item["image"], verify=True)
+            except DatasetError as e:
+                self.skipped += e.problems
+            else:
+                self.items.append(item)
+        if not self.items:
+            raise DatasetError(self.skipped, header=f"none of the {len(listed)} input(s) in {path} can be read")
+
+    def finish(self, output_dir: str | os.PathLike) -> int:
+        """Write ``output_dir/skipped.txt`` (the skipped files and why) when any was skipped, and fail then.
+
+        Returns:
+            the number of images segmented.
+
+        Raises:
+            DatasetError: naming each skipped file, after the others' masks were written.
+        """
+        if self.skipped:
+            listing = atomic_write_text(Path(output_dir) / "skipped.txt", "\n".join(self.skipped) + "\n")
+            raise DatasetError(
+                self.skipped,
+                header=(
+                    f"{len(self.skipped)} of {len(self.items) + len(self.skipped)} inputs could not be read and were "
+                    f"skipped; the masks of the other {len(self.items)} are in {output_dir} (list: {listing})"
+                ),
+            )
+        return len(self.items)
 
 
 class RecordOriginald(MapTransform):

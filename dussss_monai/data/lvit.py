@@ -10,10 +10,11 @@ Layout::
         Test_Folder/...                  optional (Test_text.xlsx)
 
 Images and masks are paired by file stem (the name without extension), so ``a.tif`` pairs with
-``a.png`` and with ``mask_a.png``. Text rows are matched liberally: by the mask's file name (LViT's
-convention, e.g. QaTa-COV19's ``mask_<image name>``), else by the image's file name, each with or
-without extension. Every problem of every folder is collected and raised as one
-:class:`~dussss_monai.errors.DatasetError`.
+``a.png`` and with ``mask_a.png``. A training image without a mask is an unlabeled image; validation and test
+images need masks. Text rows are matched liberally: by the mask's file name (LViT's convention, e.g.
+QaTa-COV19's ``mask_<image name>``), else by the image's file name, each with or without extension. The text
+file is needed only where the caller reads the sentences (``require_text``). Every problem of every folder is
+collected and raised as one :class:`~dussss_monai.errors.DatasetError`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
-from dussss_monai.data.checks import collect_problems, decode_utf8
+from dussss_monai.data.checks import collect_problems, decode_utf8, required_in
 from dussss_monai.data.image_io import file_extension, is_supported_image
 from dussss_monai.errors import DatasetError
 
@@ -187,7 +188,7 @@ def _list_files(folder: Path, problems: list[str]) -> dict[str, Path]:
     return out
 
 
-def _find_text_file(folder: Path, split_folder: str, problems: list[str]) -> Path | None:
+def _find_text_file(folder: Path, split_folder: str, problems: list[str], required: bool) -> Path | None:
     prefix = split_folder.split("_")[0]  # Train / Val / Test
     preferred = [folder / f"{prefix}_text{e}" for e in (".xlsx", ".csv")]
     found = [f for f in preferred if f.is_file()]
@@ -201,9 +202,10 @@ def _find_text_file(folder: Path, split_folder: str, problems: list[str]) -> Pat
             and not f.name.startswith((".", "~$"))
         )
     if not found:
-        problems.append(
-            f"{folder}: no text file (expected {prefix}_text.xlsx or {prefix}_text.csv with columns Image, Description)"
-        )
+        if required:
+            problems.append(
+                f"{folder}: no text file (expected {prefix}_text.xlsx or {prefix}_text.csv with columns Image, Description)"
+            )
         return None
     if len(found) > 1:
         problems.append(f"{folder}: several text files ({', '.join(f.name for f in found)}); keep one")
@@ -211,18 +213,21 @@ def _find_text_file(folder: Path, split_folder: str, problems: list[str]) -> Pat
     return found[0]
 
 
-def _read_split(folder: Path, problems: list[str]) -> list[dict[str, str]]:
+def _read_split(folder: Path, problems: list[str], masks_required: bool, text_required: bool) -> list[dict[str, str]]:
+    """The items of one LViT folder; a missing mask is a problem where ``masks_required``, else the image is
+    unlabeled (no ``label``), and a missing text row is a problem where ``text_required``."""
     img_dir, mask_dir = folder / _IMAGE_DIR, folder / _MASK_DIR
-    for d in (img_dir, mask_dir):
+    required_dirs = (img_dir, mask_dir) if masks_required else (img_dir,)
+    for d in required_dirs:
         if not d.is_dir():
             problems.append(
                 f"{folder}: no {d.name}/ folder (LViT layout: {folder.name}/img/ and {folder.name}/labelcol/)"
             )
-    text_file = _find_text_file(folder, folder.name, problems)
-    if not img_dir.is_dir() or not mask_dir.is_dir():
+    text_file = _find_text_file(folder, folder.name, problems, text_required)
+    if not all(d.is_dir() for d in required_dirs):
         return []
     images = _list_files(img_dir, problems)
-    masks = _list_files(mask_dir, problems)
+    masks = _list_files(mask_dir, problems) if mask_dir.is_dir() else {}
 
     rows: list[tuple[int, str, str]] = []
     if text_file is not None:
@@ -249,25 +254,30 @@ def _read_split(folder: Path, problems: list[str]) -> list[dict[str, str]]:
     for stem, image in sorted(images.items()):
         mask = masks.get(_MASK_PREFIX + stem) or masks.get(stem)
         if mask is None:
-            problems.append(
-                f"{image}: image without mask (expected {mask_dir.name}/{stem}.png or {mask_dir.name}/{_MASK_PREFIX}{stem}.png)"
-            )
+            if masks_required:
+                problems.append(
+                    f"{image}: image without mask (expected {mask_dir.name}/{stem}.png or {mask_dir.name}/{_MASK_PREFIX}{stem}.png)"
+                )
+                continue
         else:
             used_masks.add(_stem(mask.name))
         row = None
         if text_file is not None:
             row = _match_row(_candidates(image, mask), by_key, by_stem, text_file, problems)
-            if row is None:
+            if row is not None:
+                used_rows.add(row[0])
+            elif text_required:
                 problems.append(
                     f"{image}: image without a text row in {text_file.name} "
                     f"(looked for '{mask.name if mask else image.name}' in column Image)"
                 )
-            else:
-                used_rows.add(row[0])
-        if mask is not None and row is not None:
-            items.append(
-                {"image": str(image.resolve()), "label": str(mask.resolve()), "text": row[2], "name": image.name}
-            )
+                continue
+        item = {"image": str(image.resolve()), "name": image.name}
+        if mask is not None:
+            item["label"] = str(mask.resolve())
+        if row is not None:
+            item["text"] = row[2]
+        items.append(item)
     for stem, mask in sorted(masks.items()):
         if stem not in used_masks:
             problems.append(f"{mask}: mask without image (no {img_dir.name}/{stem.removeprefix(_MASK_PREFIX)}.* found)")
@@ -280,8 +290,9 @@ def _read_split(folder: Path, problems: list[str]) -> list[dict[str, str]]:
 
 
 def _candidates(image: Path, mask: Path | None) -> list[str]:
-    names = ([mask.name] if mask is not None else []) + [image.name]
-    return names
+    """Text keys to look for: the mask's name (LViT's key), or ``mask_<image name>`` for an image whose mask is
+    absent, then the image's name."""
+    return [mask.name if mask is not None else _MASK_PREFIX + image.name, image.name]
 
 
 def _match_row(
@@ -311,6 +322,8 @@ def read_lvit_dataset(
     dataset_dir: str | os.PathLike,
     check: bool = True,
     channels: int | None = None,
+    require_text: bool | Collection[str] = True,
+    require_labels: bool | Collection[str] = ("validation", "test"),
 ) -> dict[str, list[dict[str, str]]]:
     """Read a dataset in LViT's folder layout into a datalist.
 
@@ -320,10 +333,15 @@ def read_lvit_dataset(
         check: also run :func:`~dussss_monai.data.checks.check_dataset`'s file checks (readability,
             sizes, binary masks, image/mask size match) on every pair.
         channels: passed to the checks (``None``: all images must store the same channel count).
+        require_text: the sections whose images need a text row (``True``: all); elsewhere the text file and
+            rows are read where present.
+        require_labels: the sections whose images need a mask (``True``: all); elsewhere an image without a
+            mask is an unlabeled item.
 
     Returns:
-        ``{"training": [...], "validation": [...], "test": [...]}``; items are
-        ``{"image": abs path, "label": abs path, "text": str, "name": image file name}``, sorted by name.
+        ``{"training": [...], "validation": [...], "test": [...], "unlabeled": []}``; items are
+        ``{"image": abs path, "label": abs path, "text": str, "name": image file name}`` (``label`` absent for a
+        training image without mask, ``text`` absent where no row was found), sorted by name.
 
     Raises:
         DatasetError: listing every problem of every folder (pairing, text rows, file checks).
@@ -343,11 +361,16 @@ def read_lvit_dataset(
     datalist: dict[str, list[dict[str, str]]] = {}
     for section, folder_name in LVIT_FOLDERS.items():
         folder = root / folder_name
-        datalist[section] = _read_split(folder, problems) if folder.is_dir() else []
+        masks = required_in(require_labels, section)
+        text = required_in(require_text, section)
+        datalist[section] = _read_split(folder, problems, masks, text) if folder.is_dir() else []
+    datalist["unlabeled"] = []
     if not datalist["training"] and not problems:
         problems.append(f"{root / LVIT_FOLDERS['training']}: no images found in img/")
     if check:
-        problems += collect_problems(datalist, require_labels=True, channels=channels)
+        problems += collect_problems(
+            datalist, require_labels=require_labels, channels=channels, require_text=require_text
+        )
     if problems:
         raise DatasetError(problems, header=f"dataset check failed for {root}")
     return datalist

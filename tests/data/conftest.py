@@ -84,3 +84,9 @@ def png() -> Callable[[Path, np.ndarray], Path]:
 def xlsx() -> Callable[..., Path]:
     """``xlsx(path, rows, header=("Image", "Description"))`` writes a spreadsheet."""
     return write_xlsx
+
+
+@pytest.fixture
+def pair() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """``pair(i, size=16)``: a grey uint8 image and its 0/255 mask (:func:`pattern`)."""
+    return pattern

@@ -1,4 +1,4 @@
-"""Datalist JSON/CSV loading, the labeled/unlabeled split, prepare_datalist and its CLI."""
+"""Datalist JSON/CSV loading, the labeled/unlabeled split by ratio, prepare_datalist and its CLI."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from dussss_monai.data.checks import check_dataset
-from dussss_monai.data.datalist import (
+from dussss_monai.data.datalist import load_datalist
+from dussss_monai.data.splits import (
     holdout_validation,
-    load_datalist,
     main,
     prepare_datalist,
     split_filename,
@@ -26,6 +26,7 @@ def _pairs(root, png, n=4):
     """``n`` image/mask pairs in root/files (im<i>.png, ma<i>.png) for datalist files to point at."""
     for i in range(n):
         img = np.full((16, 16), 30 + i, np.uint8)
+        img[0, :] = 200  # not constant: a constant image is refused as a failed export
         mask = np.zeros((16, 16), np.uint8)
         mask[i : i + 4, 3:7] = 255
         png(root / "files" / f"im{i}.png", img)
@@ -92,7 +93,7 @@ def test_bad_json_and_item_problems_all_at_once(tmp_path, png):
         )
     )
     with pytest.raises(DatasetError) as e:
-        load_datalist(p)
+        load_datalist(p, require_text=True)
     text = "\n".join(e.value.problems)
     assert "training[0] (" in text and "no 'text' given" in text
     assert "'text' is not text (int 3)" in text
@@ -104,7 +105,7 @@ def test_bad_json_and_item_problems_all_at_once(tmp_path, png):
 
 def test_duplicate_names_from_different_folders(tmp_path, png):
     _pairs(tmp_path, png, n=1)
-    png(tmp_path / "other" / "im0.png", np.zeros((16, 16), np.uint8))
+    png(tmp_path / "other" / "im0.png", np.eye(16, dtype=np.uint8))
     dl = {
         "training": [
             {"image": str(tmp_path / "files" / "im0.png"), "label": str(tmp_path / "files" / "ma0.png"), "text": "a"},
@@ -127,6 +128,17 @@ def test_ratio_outside_range(ratio):
 def test_split_no_labeled_image_possible():
     with pytest.raises(DatasetError, match="training list is empty"):
         split_labeled([], 0.25, 0)
+
+
+def test_training_items_without_masks_are_unlabeled_not_errors(tmp_path, png):
+    _pairs(tmp_path, png, n=4)
+    p = tmp_path / "dl.csv"
+    p.write_text(
+        "image,label,text\n"
+        + "".join(f"files/im{i}.png,{f'files/ma{i}.png' if i < 3 else ''},t{i}\n" for i in range(4))
+    )
+    d = load_datalist(p)
+    assert "label" not in d["training"][3] and d["training"][0]["label"].endswith("ma0.png")
 
 
 def test_split_deterministic_disjoint_and_sized():
@@ -163,7 +175,10 @@ def test_prepare_datalist_lvit_writes_files(make_lvit, tmp_path):
     split = json.loads((out / split_filename(0.5, 1)).read_text())
     assert (out / "split_ratio0.5_seed1.json").is_file()
     assert split["labeled"] == r["labeled"] and split["unlabeled"] == r["unlabeled"]
-    assert split["labeled_ratio"] == 0.5 and split["seed"] == 1 and split["source"] == str(root.resolve())
+    assert (
+        split["labeled_ratio"] == 0.5 and split["seed"] == 1 and split["source"]["dataset_dir"] == str(root.resolve())
+    )
+    assert split["mode"] == "ratio" and split["n_unlabeled"] == 3
     # another seed: same validation set, same datalist.json
     r2 = prepare_datalist(root, out, labeled_ratio=0.5, seed=2)
     assert r2["validation"] == r["validation"]
@@ -206,7 +221,7 @@ def test_cli_main_success_and_failure(make_lvit, tmp_path, capsys):
         main(["--dataset_dir", str(root), "--output_dir", str(tmp_path / "o"), "--labeled_ratio", "0.5", "--seed", "0"])
         == 0
     )
-    assert "4 training (2 labeled, 2 unlabeled), 1 validation, 0 test" in capsys.readouterr().out
+    assert "2 labeled, 2 unlabeled, 1 validation, 0 test (ratio mode)" in capsys.readouterr().out
     (root / "Train_Folder" / "img" / "train_0.png").unlink()
     assert main(["--dataset_dir", str(root), "--output_dir", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
@@ -249,7 +264,7 @@ def test_odd_paths_are_reported_not_crashing(tmp_path):
         )
     )
     with pytest.raises(DatasetError) as e:
-        load_datalist(p)
+        load_datalist(p, require_text=True)
     text = "\n".join(e.value.problems)
     assert "invalid file path (contains a NUL byte" in text
     assert "'test' must be a list of items, got int" in text

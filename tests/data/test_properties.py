@@ -87,8 +87,8 @@ def _loads_or_dataset_error(path: Path) -> None:
     except DatasetError as e:
         assert e.problems and all(isinstance(p, str) and p for p in e.problems)
         return
-    assert set(d) == {"training", "validation", "test"}
-    assert all(isinstance(it["image"], str) and isinstance(it["text"], str) for v in d.values() for it in v)
+    assert set(d) == {"training", "validation", "test", "unlabeled"}
+    assert all(isinstance(it["image"], str) and isinstance(it.get("text", ""), str) for v in d.values() for it in v)
 
 
 @SETTINGS

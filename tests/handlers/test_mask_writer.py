@@ -67,7 +67,7 @@ def test_list_images_datalist(folder, tmp_path):
     dl = tmp_path / "datalist.json"
     dl.write_text(json.dumps({"test": [{"image": "in/a.png", "text": "t"}], "training": []}))
     items = list_images(dl)
-    assert items == [{"image": str((folder / "a.png").resolve()), "name": "a.png", "text": "t"}]
+    assert items == [{"image": str((folder / "a.png").resolve()), "name": "a.png"}]  # inference reads no text
     with pytest.raises(DatasetError, match="'validation' is empty"):
         list_images(dl, split="validation")
     with pytest.raises(ConfigError):
