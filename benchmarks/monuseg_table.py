@@ -128,9 +128,10 @@ def run_method(name: str, seed: int, args: argparse.Namespace, vlm: Path | None,
     train_seconds = time.time() - start
     layered = [train, CONFIGS / "evaluate.json"]
     evaluation = {**settings, "split": "validation"}
-    run_bundle(layered, "evaluating", {**evaluation, "output_dir": str(folder / "eval_tta"), "flip_tta": True},
+    evaluation["output_dir"] = str(folder / "run")
+    run_bundle(layered, "evaluating", {**evaluation, "eval_dir": str(folder / "eval_tta"), "flip_tta": True},
                folder / "evaluate_tta.log", env)  # fmt: skip
-    run_bundle(layered, "evaluating", {**evaluation, "output_dir": str(folder / "eval"), "flip_tta": False},
+    run_bundle(layered, "evaluating", {**evaluation, "eval_dir": str(folder / "eval"), "flip_tta": False},
                folder / "evaluate.log", env)  # fmt: skip
     tta = json.loads((folder / "eval_tta" / "summary.json").read_text())
     result = {**json.loads(summary.read_text()), "tta_dice": tta["mean_dice"], "train_seconds": round(train_seconds, 1)}

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             # only the student is evaluated: the supervised configuration builds it and nothing else
             overrides = {
                 "dataset_dir": str(data.resolve()), "bundle_root": str(run.resolve()), "method": "supervised",
-                "ckpt_dir": str((run / "models").resolve()), "split": "validation", "output_dir": str(out.resolve()),
+                "ckpt_dir": str((run / "models").resolve()), "split": "validation", "eval_dir": str(out.resolve()),
                 "flip_tta": False,
             }  # fmt: skip
             layered = [CONFIGS / "train.json", CONFIGS / "evaluate.json"]

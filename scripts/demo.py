@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -51,7 +52,6 @@ DEMO_OVERRIDES: dict[str, object] = {
     "conv_channels": [16, 32, 64],
     "conv_hidden_size": 64,
     "embed_dim": 64,
-    "decoder_channels": 32,
     "text_max_length": 32,
 }
 
@@ -60,6 +60,7 @@ PRETRAIN_OVERRIDES: dict[str, object] = {"batch_size": 32, "learning_rate": 0.00
 
 #: Stage-2 settings of the demo (a small U-Net).
 TRAIN_OVERRIDES: dict[str, object] = {
+    "decoder_channels": 32,
     "unet_channels": [16, 32, 64, 128],
     "unet_strides": [2, 2, 2],
     "learning_rate": 0.003,
@@ -126,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
     vlm_ckpt = work / "models" / "vlm.pt"
 
     print("[2/3] stage 1: vision-language pre-training", flush=True)
+    # the demo owns its work folder: each run starts afresh (a bundle never replaces a run folder by itself)
+    shutil.rmtree(work / "runs" / f"pretrain_seed{args.seed}", ignore_errors=True)
     seconds = run_bundle(
         BUNDLE / "configs" / "pretrain.json",
         "training",
@@ -152,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         title = f"{METHOD_TITLES.get(method, method)}, seed {seed}"
         started = time.time()
         run_dir = work / method / f"seed{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)
         settings = {
             **common,
             **TRAIN_OVERRIDES,
@@ -175,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
         run_bundle(
             [train_config, BUNDLE / "configs" / "evaluate.json"],
             "evaluating",
-            {**settings, "output_dir": str(eval_dir), "split": "validation"},
+            {**settings, "output_dir": str(run_dir / "run"), "eval_dir": str(eval_dir), "split": "validation"},
             work / "logs" / f"evaluate_{method}_seed{seed}.log",
             env,
             echo=False,

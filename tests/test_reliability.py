@@ -116,6 +116,10 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(dataset: Path, tmp_
     assert int(final["trainer"]["iteration"]) == per_epoch * target
     assert int(final["lr_scheduler"]["last_epoch"]) == target  # the schedule continued, not restarted
     assert "teacher" in final and "optimizer" in final
+    # the killed attempt and the finished one are both in the record; the killed run's old checkpoints are pruned
+    record = json.loads((run_dir.parent / "run.json").read_text())
+    assert [a["status"] for a in record["attempts"]] == ["running", "finished"] and record["status"] == "finished"
+    assert len(list(run_dir.glob("training_checkpoint_epoch=*.pt"))) == 2
 
 
 def test_non_finite_loss_stops_and_keeps_good_models(dataset: Path, tmp_path: Path) -> None:
@@ -136,8 +140,10 @@ def test_non_finite_loss_stops_and_keeps_good_models(dataset: Path, tmp_path: Pa
     )
     assert result.returncode != 0
     assert "non-finite" in result.stderr.lower() and "iteration 7" in result.stderr
-    best = tmp_path / "models" / "model.pt"
+    best = tmp_path / "runs" / "supervised_ratio1.0_seed0" / "models" / "model.pt"
     ckpts = tmp_path / "runs" / "supervised_ratio1.0_seed0" / "checkpoints"
+    record = json.loads((ckpts.parent / "run.json").read_text())
+    assert record["status"] == "failed" and "non-finite" in record["attempts"][-1]["error"]
     assert best.is_file(), "the best model of epoch 1 must survive"
     state = torch.load(best, weights_only=True)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
@@ -159,7 +165,7 @@ def test_same_seed_same_split_and_dice(dataset: Path, tmp_path: Path) -> None:
         metrics = (run_dir / "metrics.csv").read_text()
         summaries.append(metrics)
         record = json.loads((run_dir / "run.json").read_text())
-        assert record["seed"] == 3 and record["versions"]["torch"] == torch.__version__
+        assert record["identity"]["settings"]["seed"] == 3 and record["versions"]["torch"] == torch.__version__
         assert record["config"]["method"] == "supervised" and record["config"]["seed"] == 3
     assert splits[0] == splits[1]
     assert summaries[0] == summaries[1]

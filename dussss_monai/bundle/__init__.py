@@ -33,11 +33,20 @@ from dussss_monai.bundle.factories import (
     use_bfloat16,
 )
 from dussss_monai.bundle.inputs import check_inputs, check_stage2_inputs
-from dussss_monai.bundle.run_record import environment_versions, save_run_record, training_scalars
+from dussss_monai.bundle.model_record import apply_model_record, read_model_record, write_model_record
+from dussss_monai.bundle.run_folder import RunFolder
+from dussss_monai.bundle.run_record import environment_versions, training_scalars
+from dussss_monai.bundle.settings import SETTINGS, check_settings
 
 __all__ = [
     "METHODS",
+    "SETTINGS",
     "TRAINERS",
+    "RunFolder",
+    "apply_model_record",
+    "check_settings",
+    "read_model_record",
+    "write_model_record",
     "bundle_root",
     "check_command_line",
     "check_inputs",
@@ -57,7 +66,6 @@ __all__ = [
     "make_inferer",
     "make_refiner",
     "matched_epoch_length",
-    "save_run_record",
     "scoring_postprocessing",
     "stage2_trainer",
     "student_perturbation",

@@ -10,8 +10,9 @@ from typing import Any
 
 from torch import nn
 
+from dussss_monai.bundle.model_record import model_record_path
 from dussss_monai.errors import CheckpointError
-from dussss_monai.utils.io import safe_torch_load
+from dussss_monai.utils.io import safe_torch_load, state_dict_mismatch
 
 __all__ = ["latest_checkpoint", "load_state_dict_into", "load_stage1_model", "checkpoint_objects"]
 
@@ -49,13 +50,20 @@ def load_state_dict_into(
         if not isinstance(state, Mapping) or key not in state:
             raise CheckpointError(f"checkpoint {path} has no entry {key!r}")
         state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"checkpoint {path} is not a state dict of a network (it holds {type(state).__name__})")
     try:
         module.load_state_dict(state, strict=strict)
     except (RuntimeError, KeyError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        record = model_record_path(path)
+        hint = (
+            f"its network settings are in {record}; leave the network settings out of the command to use them"
+            if record.is_file()
+            else f"it has no record of its network settings ({record.name}): give the settings it was trained with "
+            "(--unet_channels, --unet_strides, --unet_norm, --in_channels)"
+        )
         raise CheckpointError(
-            f"checkpoint {path} does not match the network in this config ({first}); "
-            "were both made with the same network settings?"
+            f"checkpoint {path} holds another network than this config builds ({state_dict_mismatch(e)}); {hint}"
         ) from e
     return module
 

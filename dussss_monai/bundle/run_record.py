@@ -1,22 +1,15 @@
-"""What a bundle run records: ``run.json`` (seed, versions, resolved config) and the per-iteration scalars of the
-training log."""
+"""What a bundle run logs and records besides its models: the per-iteration scalars of the training log and the
+versions of the software (``run.json`` is written by :class:`~dussss_monai.bundle.run_folder.RunFolder`)."""
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from dussss_monai.bundle.cli import config_from_command_line
-from dussss_monai.errors import DuSSSError
-from dussss_monai.utils.io import atomic_write_json, ensure_writable_dir
-
-__all__ = ["training_scalars", "environment_versions", "save_run_record"]
+__all__ = ["training_scalars", "environment_versions"]
 
 #: prefixes of the per-iteration numbers of the stage-2 trainers' output that are worth logging
 TRAINING_SCALAR_PREFIXES = ("loss", "weight", "fg_fraction_")
@@ -65,37 +58,3 @@ def environment_versions() -> dict[str, str]:
             continue
     versions["cuda"] = str(torch.version.cuda) if torch.cuda.is_available() else "none"
     return versions
-
-
-def save_run_record(output_dir: str | os.PathLike, config: Any = None, seed: int | None = None, **extra: Any) -> str:
-    """Write ``run.json`` next to a run's outputs: the seed, the versions and the full resolved config.
-
-    Args:
-        output_dir: the run folder.
-        config: the config (a dict, or a MONAI ``ConfigParser`` whose raw content is written).
-        seed: the random seed of the run.
-        extra: other JSON-serialisable facts to record.
-
-    Returns:
-        the path of the record.
-
-    Raises:
-        DuSSSError: when the folder is not writable.
-    """
-    folder = ensure_writable_dir(output_dir)
-    content = config.get() if hasattr(config, "get") and not isinstance(config, Mapping) else config
-    if content is None:
-        content = config_from_command_line()
-    record = {
-        "seed": seed,
-        "versions": environment_versions(),
-        "argv": list(sys.argv),
-        "config": json.loads(json.dumps(content, default=str)) if content is not None else None,
-        **{k: json.loads(json.dumps(v, default=str)) for k, v in extra.items()},
-    }
-    try:
-        return str(atomic_write_json(folder / "run.json", record))
-    except DuSSSError:
-        raise
-    except (TypeError, ValueError) as e:  # pragma: no cover - defensive
-        raise DuSSSError(f"could not record the run in {folder}: {e}") from e

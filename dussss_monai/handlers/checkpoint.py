@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
 from dussss_monai.errors import CheckpointError
-from dussss_monai.utils.io import atomic_torch_save, safe_torch_load
+from dussss_monai.utils.io import atomic_torch_save, safe_torch_load, state_dict_mismatch
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -125,7 +124,10 @@ class SafeCheckpointLoader:
         try:
             Checkpoint.load_objects(to_load=self.load_dict, checkpoint=dict(checkpoint), strict=self.strict)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {self.load_path} does not fit the objects to restore: {e}") from e
+            raise CheckpointError(
+                f"checkpoint {self.load_path} does not fit the objects to restore ({state_dict_mismatch(e)}); "
+                "was it written by a run with other settings?"
+            ) from e
         if engine is not None and prior_max_epochs is not None:
             if engine.state.epoch > prior_max_epochs:
                 raise CheckpointError(
@@ -165,12 +167,22 @@ class AtomicDiskSaver(BaseSaveHandler):
         filename: fixed file name overriding the one Ignite proposes (as MONAI's saver does for
             ``final_filename`` / ``key_metric_filename``); ``None`` keeps Ignite's name.
         save_on_rank: only this rank writes (distributed training).
+        keep_last: after each save, keep only this many files of the same series in the folder (the same name up
+            to its last ``_``, e.g. ``training_checkpoint_epoch=*.pt``), the newest; this also removes the files an
+            earlier attempt of the run left, which Ignite does not know of. ``None``: Ignite's ``n_saved`` only.
     """
 
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, save_on_rank: int = 0) -> None:
+    def __init__(
+        self,
+        dirname: str | os.PathLike,
+        filename: str | None = None,
+        save_on_rank: int = 0,
+        keep_last: int | None = None,
+    ) -> None:
         self.dirname = Path(dirname)
         self.filename = filename
         self.save_on_rank = int(save_on_rank)
+        self.keep_last = keep_last
         self._pending_removals: list[Path] = []
 
     def _path(self, filename: str) -> Path:
@@ -180,8 +192,13 @@ class AtomicDiskSaver(BaseSaveHandler):
         if idist.get_rank() != self.save_on_rank:
             return
         path = atomic_torch_save(checkpoint, self._path(filename))
-        os.chmod(path, os.stat(path).st_mode | stat.S_IRGRP | stat.S_IROTH)
         pending, self._pending_removals = self._pending_removals, []
+        if self.keep_last is not None and self.filename is None and "_" in path.stem:
+            series = sorted(
+                (f for f in self.dirname.glob(path.stem.rsplit("_", 1)[0] + "_*" + path.suffix) if f.is_file()),
+                key=lambda f: (f.stat().st_mtime, f.name),
+            )
+            pending += series[: max(len(series) - self.keep_last, 0)]
         for old in pending:
             if old != path:
                 try:
@@ -199,9 +216,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
     """:class:`monai.handlers.CheckpointSaver` whose every save is atomic (see the module docstring).
 
     Same arguments and behaviour as ``CheckpointSaver`` (``save_final``, ``save_key_metric`` with a fixed
-    ``key_metric_filename``, ``save_interval``, ...); only the file writing differs. Use it in bundle configs
-    (``"_target_": "dussss_monai.handlers.AtomicCheckpointSaver"``) for the training checkpoints and the
-    best model, so that an interrupted save never replaces a good file by a truncated one.
+    ``key_metric_filename``, ``save_interval``, ``n_saved``, ...); only the file writing differs, and the interval
+    checkpoints of earlier attempts of a resumed run are pruned with the others (only ``n_saved`` of them stay). Use
+    it in bundle configs (``"_target_": "dussss_monai.handlers.AtomicCheckpointSaver"``) for the training
+    checkpoints and the best model, so that an interrupted save never replaces a good file by a truncated one.
     """
 
     _CHECKPOINTS = ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint")
@@ -213,7 +231,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
             checkpoint = getattr(self, attr, None)
             if checkpoint is not None:
                 fixed = getattr(checkpoint.save_handler, "filename", None)
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+                keep = int(kwargs.get("n_saved", 1) or 1) if attr == "_interval_checkpoint" else None
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed, keep_last=keep)
                 replaced += 1
         if replaced == 0 and any(kwargs.get(k) for k in ("save_final", "save_key_metric", "save_interval")):
             raise CheckpointError(  # pragma: no cover - guards against a MONAI refactoring

@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_torch_save",
     "safe_torch_load",
+    "state_dict_mismatch",
     "ensure_writable_dir",
 ]
 
@@ -50,8 +51,18 @@ def ensure_writable_dir(path: PathLike) -> Path:
     return p
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (``0o666`` less the user's umask), not
+    the private ``0o600`` of a temporary file, so that a lab's group can read what a run writes.
 
     Returns:
         the destination path.
@@ -67,6 +78,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except OSError as e:
         _remove_quietly(tmp)
@@ -111,6 +123,11 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | dict | No
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
+    if p.stat().st_size == 0:
+        raise CheckpointError(
+            f"checkpoint {p} is empty (0 bytes): the save that wrote it did not finish. Delete it (a resumed run then "
+            "starts from the checkpoint before it) or point at another file"
+        )
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... depending on the damage
@@ -121,9 +138,26 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | dict | No
                 "(it could execute code when loaded). Re-save it as a plain state dict, or load it yourself "
                 "only if you trust its source."
             ) from e
-        raise CheckpointError(
-            f"checkpoint {p} is unreadable (truncated or not a PyTorch file): {msg.splitlines()[0]}"
-        ) from e
+        first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {p} is unreadable (truncated or not a PyTorch file): {first}") from e
+
+
+def state_dict_mismatch(error: BaseException) -> str:
+    """One line summing up why ``load_state_dict`` refused a checkpoint (torch lists every tensor on its own line):
+    the counts of size mismatches, missing and unexpected keys, and the first of them."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    sizes = [ln for ln in lines if ln.startswith("size mismatch for")]
+    parts = []
+    if sizes:
+        parts.append(f"{len(sizes)} tensor(s) of another shape, e.g. {sizes[0].rstrip('.')}")
+    for label, prefix in (("missing", "Missing key(s)"), ("unexpected", "Unexpected key(s)")):
+        found = [ln for ln in lines if ln.startswith(prefix)]
+        if found:
+            keys = found[0].split(":", 1)[-1].strip().rstrip(".").split(", ")
+            parts.append(f"{len(keys)} {label} key(s), e.g. {keys[0]}")
+    if parts:
+        return "; ".join(parts)
+    return lines[0] if lines else type(error).__name__
 
 
 def _remove_quietly(path: PathLike) -> None:

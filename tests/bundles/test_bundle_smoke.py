@@ -77,10 +77,12 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
             tmp_path,
         )
     )
-    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    run_dir = root / "runs" / "dussss_ratio0.25_seed0"
+    model = run_dir / "models" / "model.pt"  # each run keeps its own best model
+    state = torch.load(model, map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
     small_network(bundle).load_state_dict(state, strict=True)  # a plain state dict of the U-Net
-    run_dir = root / "runs" / "dussss_ratio0.25_seed0"
+    assert json.loads(model.with_suffix(".json").read_text())["unet_channels"] == [4, 8]  # the model's record
     datalist = json.loads((run_dir / "datalist.json").read_text())
     assert len(datalist["validation"]) == (3 if has_val else 2)  # BM-Seg: held out of the 10 training images
 
@@ -99,7 +101,7 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
             tmp_path,
         )
     )
-    rows = list(csv.DictReader(open(root / "eval" / "per_image_metrics.csv", newline="")))
+    rows = list(csv.DictReader(open(run_dir / "eval_validation" / "per_image_metrics.csv", newline="")))
     assert len(rows) == len(datalist["validation"])
 
     out = tmp_path / "masks"
@@ -107,7 +109,7 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
         run_bundle_cli(
             None,
             configs / "inference.json",
-            {**small, "input_dir": str(data / "Test_Folder" / "img"), "output_dir": str(out)},
+            {"checkpoint": str(model), "input_dir": str(data / "Test_Folder" / "img"), "output_dir": str(out)},
             tmp_path,
         )
     )
@@ -137,10 +139,11 @@ def test_monuseg_real_data_one_tiny_epoch(monuseg_dir, tmp_path):
             tmp_path,
         )
     )
+    run_dir = root / "runs" / "supervised_ratio0.25_seed0"
     small_network("dussss_monuseg").load_state_dict(
-        torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True), strict=True
+        torch.load(run_dir / "models" / "model.pt", map_location="cpu", weights_only=True), strict=True
     )
-    datalist = json.loads((root / "runs" / "supervised_ratio0.25_seed0" / "datalist.json").read_text())
+    datalist = json.loads((run_dir / "datalist.json").read_text())
     assert (len(datalist["training"]), len(datalist["validation"])) == (24, 6)
     metrics = (root / "runs" / "supervised_ratio0.25_seed0" / "metrics.csv").read_text()
     assert "val_mean_dice" in metrics
@@ -174,10 +177,11 @@ def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
             tmp_path,
         )
     )
+    run_dir = root / "runs" / "dussss_ratio0.25_seed0"
     small_network("dussss_monuseg").load_state_dict(
-        torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+        torch.load(run_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
     )
-    assert "val_mean_dice" in (root / "runs" / "dussss_ratio0.25_seed0" / "metrics.csv").read_text()
+    assert "val_mean_dice" in (run_dir / "metrics.csv").read_text()
 
     small = {"image_size": "32", "num_workers": "0", **UNET_TINY, **patch, "bundle_root": str(root)}
     _ok(
@@ -188,8 +192,9 @@ def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
             tmp_path,
         )
     )
-    overlays = sorted((root / "eval" / "overlays").glob("*_overlay.png"))
-    assert len(list(csv.DictReader(open(root / "eval" / "per_image_metrics.csv", newline="")))) == 2 and overlays
+    report = run_dir / "eval_validation"
+    overlays = sorted((report / "overlays").glob("*_overlay.png"))
+    assert len(list(csv.DictReader(open(report / "per_image_metrics.csv", newline="")))) == 2 and overlays
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -200,7 +205,10 @@ def test_patch_mode_train_evaluate_infer_on_generated_data(tmp_path):
     out = tmp_path / "masks"
     _ok(
         run_bundle_cli(
-            None, configs / "inference.json", {**small, "input_dir": str(inputs), "output_dir": str(out)}, tmp_path
+            None,
+            configs / "inference.json",
+            {"checkpoint": str(run_dir / "models" / "model.pt"), "input_dir": str(inputs), "output_dir": str(out)},
+            tmp_path,
         )
     )
     for name, size in sizes.items():

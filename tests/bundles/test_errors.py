@@ -48,10 +48,14 @@ def test_a_mistyped_method_through_the_dussss_command(tmp_path, data):
            str(CONFIGS / "train.json"), "--dataset_dir", str(data), "--method", "dusss", "--bundle_root", str(tmp_path)]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert _last_line(proc) == "error: method must be one of dussss, mean_teacher, supervised; got 'dusss'"
+    last = _last_line(proc)
+    assert last.startswith(
+        "error: 1 setting problem: --method 'dusss': must be one of dussss, mean_teacher, supervised"
+    )
     shown = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                            env={**env, "DUSSS_TRACEBACK": "1"})  # fmt: skip
-    assert "Traceback" in shown.stderr and _last_line(shown).endswith("got 'dusss'")
+    assert "Traceback" in shown.stderr and _last_line(shown).endswith("not 'dusss'")
+    assert not (tmp_path / "runs").exists()  # a run that never started leaves nothing
 
 
 def test_no_stage1_checkpoint_names_this_bundles_stage1_command_before_loading_anything(tmp_path, data):
@@ -72,10 +76,12 @@ def test_a_checkpoint_of_another_network(tmp_path, data):
     other = UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=(8, 16, 32), strides=(2, 2))
     torch.save(other.state_dict(), root / "models" / "model.pt")
     proc = run_bundle_cli("evaluating", [CONFIGS / "train.json", CONFIGS / "evaluate.json"],
-                          {**SMALL, "dataset_dir": str(data), "bundle_root": str(root)}, tmp_path)  # fmt: skip
+                          {**SMALL, "dataset_dir": str(data), "checkpoint": str(root / "models" / "model.pt")},
+                          tmp_path)  # fmt: skip
     last = _last_line(proc)
-    assert last.startswith(f"error: checkpoint {root / 'models' / 'model.pt'} does not match the network")
-    assert "were both made with the same network settings?" in last
+    assert last.startswith(f"error: checkpoint {root / 'models' / 'model.pt'} holds another network than this config")
+    assert "missing key(s), e.g." in last and "unexpected key(s), e.g." in last  # one line, not one per tensor
+    assert "has no record of its network settings (model.json): give the settings it was trained with" in last
 
 
 def test_no_trained_model_for_inference(tmp_path):
@@ -84,7 +90,7 @@ def test_no_trained_model_for_inference(tmp_path):
     proc = run_bundle_cli(None, CONFIGS / "inference.json",
                           {**SMALL, "bundle_root": str(tmp_path / "b"), "input_dir": str(images)}, tmp_path)  # fmt: skip
     last = _last_line(proc)
-    assert f"no checkpoint at {tmp_path / 'b' / 'models' / 'model.pt'}" in last and "--ckpt_dir" in last
+    assert f"no checkpoint at {tmp_path / 'b' / 'models' / 'model.pt'}" in last and "--checkpoint" in last
     proc = run_bundle_cli(None, CONFIGS / "inference.json", {**SMALL, "input_dir": str(tmp_path / "none")}, tmp_path)
     assert "does not exist: pass --input_dir" in _last_line(proc)
 

@@ -1,7 +1,7 @@
 """configs/evaluate.json and configs/inference.json, run end to end with the real ``monai.bundle`` CLI.
 
-A random (untrained) small U-Net is saved as ``<bundle_root>/models/model.pt``; the configs' network
-settings are overridden to match it (as a user does for a model trained with other settings). The
+A random (untrained) small U-Net is saved as ``<bundle_root>/models/model.pt``, without a record of its settings;
+the configs' network settings are overridden to match it (as a user does for a model trained elsewhere). The
 scores are meaningless; what is checked is the contract: one CSV row per evaluated image, a summary,
 overlays, and one mask per input image at the input's original size.
 """
@@ -50,11 +50,11 @@ def test_evaluate_config_writes_report(tmp_path):
 
     data = generate_demo_dataset(tmp_path / "data", n_train=4, n_val=3, n_test=2, image_size=48, seed=0)
     root = tmp_path / "bundle"
-    _save_random_model(root)
+    model = _save_random_model(root)
     res = run_bundle_cli(
         "evaluating",
         [CONFIGS / "train.json", CONFIGS / "evaluate.json"],
-        {**SMALL, "bundle_root": str(root), "dataset_dir": str(data), "split": "test"},
+        {**SMALL, "dataset_dir": str(data), "split": "test", "checkpoint": str(model), "eval_dir": str(root / "eval")},
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -80,7 +80,7 @@ def test_evaluate_config_missing_checkpoint_names_it(tmp_path):
         cwd=tmp_path,
     )
     assert res.returncode != 0
-    assert str(root / "models" / "model.pt") in res.stderr
+    assert str(root / "runs" / "dussss_ratio0.25_seed0" / "models" / "model.pt") in res.stderr  # the run's model
 
 
 def test_inference_config_writes_masks_at_original_size(tmp_path):

@@ -148,12 +148,13 @@ def test_two_process_training_shards_and_stays_in_sync(tmp_path):
         assert probes[0][part] == pytest.approx(probes[1][part], rel=1e-6, abs=1e-6), part
 
     # the best model is a plain U-Net state dict (no DDP prefix), written once
-    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(run_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
     _tiny_unet().load_state_dict(state, strict=True)
     final = torch.load(run_dir / "checkpoints" / "training_final.pt", map_location="cpu", weights_only=True)
     assert {"network", "teacher", "grounding_decoder", "optimizer", "decoder_optimizer", "trainer"} <= set(final)
     _tiny_unet().load_state_dict(final["network"], strict=True)
     _tiny_unet().load_state_dict(final["teacher"], strict=True)
-    assert (run_dir / "run.json").is_file() and json.loads((run_dir / "run.json").read_text())["world_size"] == 2
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["world_size"] == 2 and record["status"] == "finished" and len(record["attempts"]) == 1
     print(f"two-process training took {elapsed:.1f} s")

@@ -36,6 +36,30 @@ def test_weights_are_a_small_float16_state_dict_of_the_bundles_network():
     assert out.shape == (1, 1, 64, 64) and torch.isfinite(out).all()
 
 
+def test_inference_from_python_in_another_folder(tmp_path):
+    """``monai.bundle.run`` from Python, in a working directory of the user's: the bundle is found from the config
+    file (no ``bundle_root`` to pass), and a mistyped keyword ends on our one-line error."""
+    import subprocess
+    import sys
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(tiles / "t.png")
+    script = (
+        "import monai.bundle, sys\n"
+        f"config = {str(BUNDLE / 'configs' / 'inference.json')!r}\n"
+        "monai.bundle.run(config_file=config, input_dir='tiles', output_dir='masks', flip_tta=False)\n"
+        "monai.bundle.run(config_file=config, input_dir='tiles', output_dir='masks', flip_ttta=False)\n"
+    )
+    env = {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert (tmp_path / "masks" / "t_mask.png").is_file(), proc.stderr[-2000:]
+    assert proc.returncode == 1
+    assert "--flip_ttta: this config has no setting 'flip_ttta' (did you mean --flip_tta?)" in proc.stderr
+
+
 def test_inference_runs_on_a_folder_of_tiles_with_no_training(tmp_path):
     tiles = tmp_path / "tiles"
     tiles.mkdir()
@@ -60,7 +84,7 @@ def test_evaluate_reproduces_the_dice_in_metadata(monuseg_dir, tmp_path):
     proc = run_bundle_cli(
         "evaluating",
         [BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "evaluate.json"],
-        {"dataset_dir": str(monuseg_dir), "bundle_root": str(tmp_path), "ckpt_dir": str(BUNDLE / "models")},
+        {"dataset_dir": str(monuseg_dir), "checkpoint": str(WEIGHTS), "eval_dir": str(tmp_path / "eval")},
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -93,7 +93,7 @@ def test_demo_runs_end_to_end_in_one_epoch(tmp_path, monkeypatch, capsys):
         assert summary["n"] == 40 and 0.0 <= summary["mean_dice"] <= 1.0
         assert (work / method / "seed4" / "models" / "model.pt").is_file()
         run = json.loads((work / method / "seed4" / "run" / "run.json").read_text())
-        assert run["seed"] == 4  # the stage-2 seed reached the bundle
+        assert run["identity"]["settings"]["seed"] == 4 and run["status"] == "finished"  # the stage-2 seed arrived
     assert (work / "models" / "vlm.pt").is_file()
     assert "Validation Dice (%) of the student" in capsys.readouterr().out  # the report is printed too
 
