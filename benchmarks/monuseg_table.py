@@ -7,15 +7,17 @@ For each seed ``s`` of ``--seeds``:
 2. ``--reference`` (the plain U-Net script, when given) trains on that split's labeled tiles (``--split_json``);
 3. stage 1 (``configs/pretrain.json``) runs once, at ``--stage1_seed``, for every DuSSS method: it reads all
    training image-sentence pairs and no mask, so one model serves every split;
-4. each method runs ``configs/train.json --method ...`` and then ``train.json + evaluate.json`` on the validation
-   tiles (the student of the best validation epoch); ``dussss_rotated`` is DuSSS with every unlabeled image
-   grounded with its neighbour's sentence (``benchmarks/rotated_text_control.py``).
+4. each method runs ``configs/train.json`` with its layer (``configs/mean_teacher.json``, ``configs/supervised.json``)
+   and then the same files with ``evaluate.json`` on the validation tiles (the student of the best validation
+   epoch); ``dussss_rotated`` is DuSSS with every unlabeled image grounded with its neighbour's sentence
+   (``--rotate_texts True``).
 
 Every number is the mean Dice over the 6 validation tiles, the tiles the best epoch is chosen on (the reference
 chooses its best evaluation on them too). Finished runs (``eval/summary.json``) are reused. Output in
 ``--workdir``: ``results.json`` (every run, with wall times) and ``results.md`` (per-seed table, mean ± sd).
 ``--collect DIR ...`` runs nothing: it merges the ``results.json`` of workdirs run side by side into one table
-(written to ``--workdir`` when given).
+(written to ``--workdir`` when given). ``--dry_run`` prints the commands instead of running them;
+``--stage1_dir`` shares one stage-1 model between workdirs (``--stage1_only`` trains it and stops).
 
 Usage::
 
@@ -26,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -39,21 +42,20 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from bundle_runner import run_bundle  # noqa: E402
+from bundle_runner import run_bundle, training_configs  # noqa: E402
 
 from dussss_monai.errors import DuSSSError  # noqa: E402
 from dussss_monai.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 BUNDLE = REPO / "bundles" / "dussss_monuseg"
 CONFIGS = BUNDLE / "configs"
-ROTATED = REPO / "benchmarks" / "rotated_text_control.py"
 DEFAULT_WORKDIR = "runs/monuseg"
-#: method name -> (bundle --method, grounded with rotated sentences)
-METHODS = {
-    "supervised": ("supervised", False),
-    "mean_teacher": ("mean_teacher", False),
-    "dussss": ("dussss", False),
-    "dussss_rotated": ("dussss", True),
+#: row name -> (the bundle's method, its settings: the control grounds each image with another image's sentence)
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "supervised": ("supervised", {}),
+    "mean_teacher": ("mean_teacher", {}),
+    "dussss": ("dussss", {}),
+    "dussss_rotated": ("dussss", {"rotate_texts": True}),
 }
 TITLES = {
     "reference": "plain MONAI U-Net (reference)",
@@ -87,7 +89,9 @@ def write_split(dataset_dir: Path, folder: Path, ratio: float, seed: int) -> Pat
     return folder / name
 
 
-def run_reference(script: Path, split: Path, seed: int, dataset_dir: Path, log: Path, extra: Sequence[str]) -> dict:
+def run_reference(
+    script: Path, split: Path, seed: int, dataset_dir: Path, log: Path, extra: Sequence[str], dry_run: bool = False
+) -> dict:
     """Run the reference script on ``split``; returns its final JSON line with the wall time."""
     done = log.with_suffix(".json")
     if done.is_file():
@@ -95,6 +99,8 @@ def run_reference(script: Path, split: Path, seed: int, dataset_dir: Path, log: 
     cmd = [sys.executable, str(script), "--dataset_dir", str(dataset_dir), "--split_json", str(split),
            "--seed", str(seed), *extra]  # fmt: skip
     print("$ " + shlex.join(cmd), flush=True)
+    if dry_run:
+        return {"best_val_dice": float("nan"), "wall_seconds": 0.0}
     start = time.time()
     with open(log, "w", encoding="utf-8") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True).returncode
@@ -109,30 +115,30 @@ def run_reference(script: Path, split: Path, seed: int, dataset_dir: Path, log: 
 
 def run_method(name: str, seed: int, args: argparse.Namespace, vlm: Path | None, env: dict[str, str]) -> dict:
     """Stage 2 and evaluation of one method and seed; returns the evaluation summary with the wall times."""
-    method, rotated = METHODS[name]
+    method, method_settings = METHODS[name]
     folder = Path(args.workdir) / f"seed{seed}" / name
     summary = folder / "eval" / "summary.json"
     if summary.is_file():
         return json.loads((folder / "result.json").read_text())
     settings: dict[str, Any] = {
-        "dataset_dir": str(Path(args.dataset_dir).resolve()), "bundle_root": str(folder), "method": method,
-        "seed": seed, "labeled_ratio": args.ratio, "ckpt_dir": str(folder / "models"), **parse_extra(args.extra),
+        "dataset_dir": str(Path(args.dataset_dir).resolve()), "bundle_root": str(folder), "seed": seed,
+        "labeled_ratio": args.ratio, "ckpt_dir": str(folder / "models"), **method_settings, **parse_extra(args.extra),
     }  # fmt: skip
     if vlm is not None:
         settings["vlm_checkpoint"] = str(vlm)
-    train = CONFIGS / "train.json"
-    runner = [str(ROTATED)] if rotated else None
     start = time.time()
-    run_bundle(train, "training", {**settings, "output_dir": str(folder / "run")}, folder / "train.log", env,
-               script=runner)  # fmt: skip
+    run = functools.partial(run_bundle, env=env, dry_run=args.dry_run)
+    run(training_configs(CONFIGS, method), "training", {**settings, "output_dir": str(folder / "run")},
+        folder / "train.log")  # fmt: skip
     train_seconds = time.time() - start
-    layered = [train, CONFIGS / "evaluate.json"]
-    evaluation = {**settings, "split": "validation"}
-    evaluation["output_dir"] = str(folder / "run")
-    run_bundle(layered, "evaluating", {**evaluation, "eval_dir": str(folder / "eval_tta"), "flip_tta": True},
-               folder / "evaluate_tta.log", env)  # fmt: skip
-    run_bundle(layered, "evaluating", {**evaluation, "eval_dir": str(folder / "eval"), "flip_tta": False},
-               folder / "evaluate.log", env)  # fmt: skip
+    layered = training_configs(CONFIGS, method, "evaluate.json")
+    evaluation = {**settings, "split": "validation", "output_dir": str(folder / "run")}
+    run(layered, "evaluating", {**evaluation, "eval_dir": str(folder / "eval_tta"), "flip_tta": True},
+        folder / "evaluate_tta.log")  # fmt: skip
+    run(layered, "evaluating", {**evaluation, "eval_dir": str(folder / "eval"), "flip_tta": False},
+        folder / "evaluate.log")  # fmt: skip
+    if args.dry_run:
+        return {"mean_dice": float("nan"), "tta_dice": float("nan"), "train_seconds": 0.0}
     tta = json.loads((folder / "eval_tta" / "summary.json").read_text())
     result = {**json.loads(summary.read_text()), "tta_dice": tta["mean_dice"], "train_seconds": round(train_seconds, 1)}
     atomic_write_json(folder / "result.json", result)
@@ -140,15 +146,18 @@ def run_method(name: str, seed: int, args: argparse.Namespace, vlm: Path | None,
 
 
 def ensure_stage1(args: argparse.Namespace, env: dict[str, str]) -> Path:
-    """The shared stage-1 model (trained once)."""
-    folder = Path(args.workdir) / "stage1"
+    """The shared stage-1 model (trained once, in ``--stage1_dir``)."""
+    folder = Path(args.stage1_dir or Path(args.workdir) / "stage1")
     vlm = folder / "models" / "vlm.pt"
     if vlm.is_file() and (folder / "stage1.json").is_file():
         return vlm
     settings = {"dataset_dir": str(Path(args.dataset_dir).resolve()), "bundle_root": str(folder),
                 "seed": args.stage1_seed, "ckpt_dir": str(folder / "models"), **parse_extra(args.stage1_extra)}  # fmt: skip
-    seconds = run_bundle(CONFIGS / "pretrain.json", "training", settings, folder / "pretrain.log", env)
-    atomic_write_json(folder / "stage1.json", {"seconds": round(seconds, 1)})
+    seconds = run_bundle(
+        CONFIGS / "pretrain.json", "training", settings, folder / "pretrain.log", env, dry_run=args.dry_run
+    )
+    if not args.dry_run:
+        atomic_write_json(folder / "stage1.json", {"seconds": round(seconds, 1)})
     return vlm
 
 
@@ -225,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE override of stage 2 (repeatable)")
     parser.add_argument("--stage1_extra", action="append", default=[], help="KEY=VALUE override of stage 1")
     parser.add_argument("--stage1_seed", type=int, default=0)
+    parser.add_argument("--stage1_dir", default=None, help="the stage-1 folder (default <workdir>/stage1)")
+    parser.add_argument("--stage1_only", action="store_true", help="train stage 1 (if missing) and stop")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands instead of running them")
     parser.add_argument(
         "--collect", nargs="+", default=None,
         help="only merge the results.json of these workdirs (into --workdir when given)",
@@ -248,21 +260,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.workdir = str(work)
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-        vlm = ensure_stage1(args, env) if any(m.startswith("dussss") for m in methods) else None
+        vlm = ensure_stage1(args, env) if args.stage1_only or any(m.startswith("dussss") for m in methods) else None
+        if args.stage1_only:
+            return 0
         results: dict[str, dict[int, dict]] = {m: {} for m in methods}
         for seed in seeds:
-            split = write_split(data, work / f"seed{seed}" / "split", args.ratio, seed)
+            split = write_split(data, work / f"seed{seed}" / "split", args.ratio, seed)  # also in a dry run: cheap
             for name in methods:
                 print(f"== seed {seed}: {name}", flush=True)
                 if name == "reference":
                     r = run_reference(Path(args.reference), split, seed, data, work / f"seed{seed}" / "reference.log",
-                                      args.reference_extra)  # fmt: skip
+                                      args.reference_extra, args.dry_run)  # fmt: skip
                     results[name][seed] = {"dice": r["best_val_dice"], "seconds": r["wall_seconds"], **r}
                 else:
                     r = run_method(name, seed, args, vlm, env)
                     results[name][seed] = {"dice": 100 * r["mean_dice"], "seconds": r["train_seconds"], **r}
+                if args.dry_run:
+                    continue
                 print(f"   {name} seed {seed}: {results[name][seed]['dice']:.2f}", flush=True)
                 atomic_write_json(work / "results.json", results)
+        if args.dry_run:
+            return 0
         text = report(results, args, seeds)
         atomic_write_text(work / "results.md", text)
         print(text)

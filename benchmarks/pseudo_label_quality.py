@@ -39,9 +39,9 @@ for _path in (REPO, REPO / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from rotated_text_control import rotate  # noqa: E402  (each image gets its neighbour's sentence)
 
 from dussss_monai.errors import ConfigError  # noqa: E402
+from dussss_monai.refiner import rotate  # noqa: E402  (each image gets its neighbour's sentence)
 
 CONFIG = REPO / "bundles" / "dussss_monuseg" / "configs" / "train.json"
 

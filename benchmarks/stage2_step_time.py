@@ -68,7 +68,7 @@ def run_one(args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader
 
     from dussss_monai.engines import DuSSSTrainer, MeanTeacherTrainer
-    from dussss_monai.losses import ProbabilityMSELoss, SegmentationLoss
+    from dussss_monai.losses import GroundingDecoderLoss, ProbabilityMSELoss, SegmentationLoss
     from dussss_monai.networks import DuSSSVisionLanguageModel, GroundingDecoder, ViTImageEncoder
     from dussss_monai.refiner import VLMPseudoLabelRefiner
 
@@ -89,7 +89,7 @@ def run_one(args: argparse.Namespace) -> dict:
         for i in range(n)
     ]
     unlabeled = [{"image": torch.rand(1, args.size, args.size, generator=g), "text": texts[i % 4]} for i in range(n)]
-    refiner = decoder_opt = None
+    refiner = decoder_opt = decoder_loss = None
     if args.method == "dussss":
         vit = ViTImageEncoder(
             1,
@@ -102,13 +102,12 @@ def run_one(args: argparse.Namespace) -> dict:
         )
         vlm = DuSSSVisionLanguageModel(vit, LookupTextEncoder(), embed_dim=args.embed_dim)
         decoder = GroundingDecoder(args.vit_hidden, args.embed_dim, hidden_channels=args.decoder_channels)
-        refiner = VLMPseudoLabelRefiner(
-            vlm,
-            decoder,
+        refiner = VLMPseudoLabelRefiner(vlm, decoder).to(device)
+        decoder_loss = GroundingDecoderLoss(
             text_guided_weight=args.text_guided_weight,
             grounding_loss=SegmentationLoss(),
             grounding_weight=args.grounding_supervision_weight,
-        ).to(device)
+        )
         decoder_opt = torch.optim.Adam(decoder.parameters(), lr=1e-4)
     common = dict(
         device=device,
@@ -129,7 +128,9 @@ def run_one(args: argparse.Namespace) -> dict:
     elif args.method == "mean_teacher":
         trainer = MeanTeacherTrainer(**common, **semi)
     else:
-        trainer = DuSSSTrainer(**common, **semi, refiner=refiner, decoder_optimizer=decoder_opt)
+        trainer = DuSSSTrainer(
+            **common, **semi, refiner=refiner, decoder_optimizer=decoder_opt, decoder_loss_function=decoder_loss
+        )
     times: list[float] = []
     start = {}
 

@@ -1,19 +1,22 @@
-"""Write the derived parts of the bundles' configs, so that nothing is defined twice by hand.
+"""Write each bundle's configs from the neutral template and the bundle's own small set of values.
 
-The QaTa-COV19 bundle (``bundles/dussss_qata_cov19/configs``) is the one that is edited by hand; the other
-bundles take its ``pretrain.json``, ``train.json``, ``multi_gpu_train.json``, ``evaluate.json`` and
-``inference.json`` with only the dataset-specific values below replaced, so that they cannot drift apart.
+``bundles/template/configs`` holds the configs every bundle shares: stage 1 (``pretrain.json``), stage 2 with DuSSS
+(``train.json``), one layer per other method (``mean_teacher.json``, ``supervised.json``), the multi-GPU and
+evaluation layers, and inference. This script writes ``bundles/<bundle>/configs/*.json`` as the template with
+:data:`BUNDLES`' values for that bundle: values of existing keys, nested keys (``a#b``, as on MONAI's command line)
+and, for a dataset that needs them, new settings and components (the MoNuSeg bundle's H&E stain augmentation). Why
+each bundle has its values is written in that bundle's ``docs/README.md``, where its users read it.
+
 Within every bundle, two definitions are copied so that each config file still runs on its own:
 
 - the vision-language model (``vlm_def`` and its settings, :data:`VLM_KEYS`) is written in ``pretrain.json``
   (stage 1 owns it) and copied into ``train.json`` (stage 2 loads the stage-1 weights into it);
 - the student network (``network_def`` and its settings, :data:`NETWORK_KEYS`) is written in ``train.json`` and
-  copied into ``inference.json``, which the model zoo runs alone. ``evaluate.json`` is layered on
-  ``train.json`` (``--config_file "['configs/train.json','configs/evaluate.json']"``) and needs no copy.
+  copied into ``inference.json``, which the model zoo runs alone.
 
 ``metadata.json``, ``logging.conf``, ``LICENSE`` and ``docs/`` of each bundle are written by hand.
 
-    python bundles/make_bundle_configs.py          # rewrite the derived configs
+    python bundles/make_bundle_configs.py          # rewrite the bundles' configs
     python bundles/make_bundle_configs.py --check  # exit 1 when a committed config differs (CI)
 
 A test (``tests/bundles/test_bundle_configs.py``) checks that the committed files equal this script's output.
@@ -29,37 +32,69 @@ from pathlib import Path
 from typing import Any
 
 BUNDLES_DIR = Path(__file__).resolve().parent
-SOURCE = "dussss_qata_cov19"
-FILES = ("pretrain.json", "train.json", "multi_gpu_train.json", "evaluate.json", "inference.json")
+TEMPLATE = BUNDLES_DIR / "template" / "configs"
+FILES = (
+    "pretrain.json",
+    "train.json",
+    "mean_teacher.json",
+    "supervised.json",
+    "multi_gpu_train.json",
+    "evaluate.json",
+    "inference.json",
+)
 
-# Stage 1 of the paper for every dataset: Adam 3e-5, batch 32 (method.md, "Training set-up reported").
-STAGE1 = {"learning_rate": 3e-05, "batch_size": 32}
+#: H&E stain augmentation (RGB histology): jitter and transfer of labeled crops and of the student's strong view
+HE_STAIN: dict[str, Any] = {
+    "stain_jitter": 0.05,
+    "stain_transfer_prob": 0.0,
+    "strong_stain_jitter": 0.1,
+    "strong_stain_transfer_prob": 0.0,
+    "stain_references": {
+        "_target_": "dussss_monai.data.he_stain_references",
+        "images": "$@datalist['unlabeled']",
+        "transfer_prob": "@stain_transfer_prob",
+    },
+    "strong_stain_references": {
+        "_target_": "dussss_monai.data.he_stain_references",
+        "images": "$@datalist['training']",
+        "transfer_prob": "@strong_stain_transfer_prob",
+    },
+    "train#preprocessing#stain_jitter": "@stain_jitter",
+    "train#preprocessing#stain_references": "@stain_references",
+    "train#preprocessing#stain_transfer_prob": "@stain_transfer_prob",
+    "train#unlabeled_preprocessing#stain_jitter": "@strong_stain_jitter",
+    "train#unlabeled_preprocessing#stain_references": "@strong_stain_references",
+    "train#unlabeled_preprocessing#stain_transfer_prob": "@strong_stain_transfer_prob",
+}
 
-# Per bundle: values common to its configs, and the stage-2 training values (train.json only).
-# The text encoder stays the offline default (``text_encoder: null``) for every dataset; the paper's clinical
-# BERT is ``--text_encoder emilyalsentzer/Bio_ClinicalBERT`` (see each bundle's docs/README.md).
+#: per bundle, per config file: the values that differ from the template ("common": every file that has the key)
 BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
-    SOURCE: {"common": {}, "train": {}},
+    "dussss_qata_cov19": {
+        "common": {"dataset_dir": "demo_data/qata_cov19"},
+        "pretrain.json": {"max_epochs": 50},
+        "train.json": {"learning_rate": 0.0003, "use_text_loss": True},
+    },
     "dussss_monuseg": {
         "common": {"dataset_dir": "data/MoNuSeg", "in_channels": 3},
-        # native 256-pixel patches of the 1000-pixel tiles, predicted by sliding window and scored on the 224 grid;
-        # an epoch is 25 iterations of random labeled crops; a U-Net with instance norm and MONAI's Dice + CE
-        # (nuclei are a quarter of a tile, not the 2 % the class-balanced loss was made for): docs/results.md
-        "train": {
+        "pretrain.json": {
+            "train#dataloader#drop_last": "$len(@train#dataset) > @batch_size",
+            "image_size": 384,
+            "image_encoder": "conv",
+            "conv_channels": [16, 32, 64, 128],
+            "conv_hidden_size": 128,
+            "embed_dim": 64,
+            "learning_rate": 0.001,
+            "max_epochs": 60,
+        },
+        "train.json": {
+            **HE_STAIN,
             "learning_rate": 0.001,
             "batch_size": 4,
             "augment_flip": True,
             "augment_rot90": True,
             "augment_degrees": 0.0,
-            "stain_jitter": 0.05,
             "strong_view": True,
-            "strong_stain_jitter": 0.1,
             "perturbation": "cutmix",
-            # the teacher's EMA: 0.95 for the mean teacher (ahead of 0.99 at every seed on two CPUs, +0.22 on
-            # average); DuSSS keeps 0.99, its validated value (0.95 is level with it): docs/results.md
-            "ema_decay": "$0.95 if @method == 'mean_teacher' else 0.99",
-            # L_merged only: f_g's text mask, L_text's target, is far less accurate than the teacher on MoNuSeg
-            # (benchmarks/pseudo_label_quality.py; docs/results.md)
             "use_text_loss": False,
             "flip_tta": True,
             "patch_size": 256,
@@ -80,27 +115,15 @@ BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
                 "total_iters": 0,
             },
         },
-        "inference": {"patch_size": 256, "flip_tta": True},
-        # stage 1 on the whole tiles at 384 px (nuclei stay visible), a small convolutional image encoder trained
-        # from scratch (a ViT-B/16 does not learn from 24 tiles); 24 training tiles are fewer than the batch of 32:
-        # keep the one partial batch per epoch
-        "pretrain": {
-            "train#dataloader#drop_last": "$len(@train#dataset) > @batch_size",
-            "image_size": 384,
-            "image_encoder": "conv",
-            "conv_channels": [16, 32, 64, 128],
-            "conv_hidden_size": 128,
-            "embed_dim": 64,
-            "learning_rate": 0.001,
-            "max_epochs": 60,
-        },
+        "mean_teacher.json": {"ema_decay": 0.95},
+        "inference.json": {"patch_size": 256, "flip_tta": True},
     },
     "dussss_bmseg": {
-        "common": {"dataset_dir": "data/BM-Seg", "in_channels": 1},
-        "train": {"learning_rate": 0.0003, "batch_size": 16, "augment_flip": True, "augment_rot90": True},
+        "common": {"dataset_dir": "data/BM-Seg"},
+        "pretrain.json": {"max_epochs": 50},
+        "train.json": {"learning_rate": 0.0003, "batch_size": 16, "augment_flip": True, "augment_rot90": True},
     },
 }
-
 
 #: the VLM's definition and settings: written in pretrain.json, copied into train.json
 VLM_KEYS = (
@@ -121,6 +144,8 @@ VLM_KEYS = (
 )
 #: the student network's definition and settings: written in train.json, copied into inference.json
 NETWORK_KEYS = ("unet_channels", "unet_strides", "unet_norm", "network_def")
+#: where new top-level keys of a bundle go: settings after this setting, components and expressions after this one
+NEW_SETTINGS_AFTER, NEW_COMPONENTS_AFTER = "augment_degrees", "datalist"
 
 
 def _copy_keys(source: dict[str, Any], target: dict[str, Any], keys: tuple[str, ...], names: str) -> None:
@@ -131,41 +156,52 @@ def _copy_keys(source: dict[str, Any], target: dict[str, Any], keys: tuple[str, 
         target[key] = copy.deepcopy(source[key])
 
 
-def _override(config: dict[str, Any], values: dict[str, Any], name: str) -> dict[str, Any]:
-    """Replace existing keys (``a#b`` names a nested key, as on MONAI's command line); a key missing from the
-    source config is an error (the source drifted)."""
-    out = copy.deepcopy(config)
-    for key, value in values.items():
-        *parents, last = key.split("#")
-        node = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or last not in node:
-            raise KeyError(f"{SOURCE}/configs/{name} has no key {key!r} to override; update make_bundle_configs.py")
-        node[last] = value
+def _insert_after(config: dict[str, Any], anchor: str, key: str, value: Any) -> dict[str, Any]:
+    """``config`` with ``key`` after ``anchor``, or last where there is no ``anchor`` (a layer of a few keys)."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        out[k] = v
+        if k == anchor:
+            out[key] = value
+    out.setdefault(key, value)
     return out
 
 
-def derived_configs(bundle: str, source_dir: Path | None = None) -> dict[str, dict[str, Any]]:
-    """The configs of ``bundle`` (file name -> content) derived from the QaTa-COV19 configs."""
+def _is_component(value: Any) -> bool:
+    return isinstance(value, dict) or (isinstance(value, str) and value.startswith(("$", "@")))
+
+
+def apply_values(config: dict[str, Any], values: dict[str, Any], name: str) -> dict[str, Any]:
+    """``config`` with ``values``: an existing key is replaced; ``a#b`` sets ``b`` in the existing ``a``; a new
+    top-level key is inserted after :data:`NEW_SETTINGS_AFTER` (a value) or :data:`NEW_COMPONENTS_AFTER`, or last in a
+    layer that has neither."""
+    out = copy.deepcopy(config)
+    for key, value in values.items():
+        *parents, last = key.split("#")
+        if not parents and last not in out:
+            new = [k for k in values if "#" not in k and k not in config]
+            anchor = NEW_COMPONENTS_AFTER if _is_component(value) else NEW_SETTINGS_AFTER
+            earlier = [k for k in new[: new.index(last)] if _is_component(values[k]) == _is_component(value)]
+            out = _insert_after(out, earlier[-1] if earlier else anchor, last, copy.deepcopy(value))
+            continue
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise KeyError(f"template/configs/{name} has no key {'#'.join(parents)!r}; update make_bundle_configs.py")
+        node[last] = copy.deepcopy(value)
+    return out
+
+
+def bundle_configs(bundle: str, template_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The configs of ``bundle`` (file name -> content): the template with the bundle's values."""
     spec = BUNDLES[bundle]
-    src = source_dir or BUNDLES_DIR / SOURCE / "configs"
+    src = template_dir or TEMPLATE
     out: dict[str, dict[str, Any]] = {}
     for name in FILES:
-        config = json.loads((src / name).read_text())
-        common = spec["common"]
-        if name in ("multi_gpu_train.json", "evaluate.json"):
-            values: dict[str, Any] = {}  # layered on train.json: the dataset's values come from there
-        elif name == "inference.json":
-            # inference reads --input_dir, not the dataset
-            values = {**{k: v for k, v in common.items() if k == "in_channels"}, **spec.get("inference", {})}
-        elif name == "pretrain.json":
-            values = {**common, **STAGE1, **spec.get("pretrain", {})}
-        elif name == "train.json":
-            values = {**common, **spec["train"]}
-        else:
-            values = common
-        out[name] = _override(config, values, name)
+        template = json.loads((src / name).read_text())
+        common = {k: v for k, v in spec.get("common", {}).items() if k in template}
+        out[name] = apply_values(template, {**common, **spec.get(name, {})}, name)
     _copy_keys(out["pretrain.json"], out["train.json"], VLM_KEYS, f"{bundle}: pretrain.json -> train.json")
     _copy_keys(out["train.json"], out["inference.json"], NETWORK_KEYS, f"{bundle}: train.json -> inference.json")
     return out
@@ -183,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = []
     for bundle in BUNDLES:
         folder = BUNDLES_DIR / bundle / "configs"
-        for name, config in derived_configs(bundle).items():
+        for name, config in bundle_configs(bundle).items():
             path = folder / name
             text = render(config)
             if path.is_file() and path.read_text() == text:

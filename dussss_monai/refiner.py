@@ -5,45 +5,37 @@ The frozen stage-1 vision-language model encodes an image (patch tokens) and its
 the trainable grounding decoder f_g turns both into text-guided mask logits. The refiner merges them with the
 teacher's logits into the pseudo label ``sigmoid(teacher_logits + text_logits)``: the *logits* are summed (the
 research code summed probabilities, so its merged target never fell below 0.5, and applied a second sigmoid;
-neither is reproduced). In train mode it also computes f_g's own objective, ``gamma * L_tg + beta * L_ground``.
+neither is reproduced).
 
-One call, :meth:`VLMPseudoLabelRefiner.forward`, gives the stage-2 trainer everything it needs; outside training,
-:meth:`VLMPseudoLabelRefiner.text_logits` shows the text-guided mask of an image and a sentence.
+:meth:`VLMPseudoLabelRefiner.forward` makes the targets and returns, with them, the grounding it computed (with
+gradients into f_g in train mode), from which :class:`~dussss_monai.losses.GroundingDecoderLoss` computes f_g's
+objective; outside training, :meth:`VLMPseudoLabelRefiner.text_logits` shows the text-guided mask of an image and
+a sentence. ``rotate_texts`` grounds every image with the sentence of the next image of its batch: the control of
+whether the sentence's content matters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dussss_monai.losses.text_guided import TextGuidedLoss
 from dussss_monai.networks.grounding_decoder import crop_to_boxes
 
 if TYPE_CHECKING:
     from dussss_monai.networks.grounding_decoder import GroundingDecoder
 
-__all__ = ["VLMPseudoLabelRefiner", "Refinement", "GroundingTargets", "GroundingResult"]
+__all__ = ["VLMPseudoLabelRefiner", "Refinement", "GroundingTargets", "GroundingResult", "rotate"]
 
 
-class Refinement(NamedTuple):
-    """Output of :meth:`VLMPseudoLabelRefiner.forward`.
-
-    Attributes:
-        merged: ``sigmoid(teacher_logits + text_logits)`` ``(B, 1, H, W)``, detached: the target of ``L_merged``.
-        text_mask: ``y_text = sigmoid(text_logits)``, detached: the target of ``L_text``.
-        decoder_loss: f_g's objective ``gamma * L_tg + beta * L_ground`` (with gradients into f_g only), or
-            ``None`` in eval mode (f_g is not trained).
-        terms: the parts of ``decoder_loss`` by name (``loss_tg``, ``loss_ground``), for the training log.
-    """
-
-    merged: torch.Tensor
-    text_mask: torch.Tensor
-    decoder_loss: torch.Tensor | None
-    terms: dict[str, torch.Tensor]
+def rotate(texts: Sequence[str]) -> list[str]:
+    """``texts[1:] + texts[:1]``: each image gets its neighbour's sentence (the control of whether the sentence's
+    content matters; unchanged for 0 or 1 sentences)."""
+    texts = list(texts)
+    return texts[1:] + texts[:1]
 
 
 class GroundingTargets(NamedTuple):
@@ -79,13 +71,33 @@ class GroundingResult(NamedTuple):
     text_embed: torch.Tensor
 
 
+class Refinement(NamedTuple):
+    """Output of :meth:`VLMPseudoLabelRefiner.forward`.
+
+    Attributes:
+        merged: ``sigmoid(teacher_logits + text_logits)`` ``(B, 1, H, W)``, detached: the target of ``L_merged``.
+        text_mask: ``y_text = sigmoid(text_logits)``, detached: the target of ``L_text``.
+        grounding: the grounding of the images (what ``L_tg`` reads), with gradients into f_g in train mode.
+        texts: the sentences the images were grounded with (their own, or the neighbours' with ``rotate_texts``).
+        labeled_logits: f_g's text logits of the labeled images (what ``L_ground`` reads), or ``None``.
+        labeled_masks: their masks over the same region and size, or ``None``.
+    """
+
+    merged: torch.Tensor
+    text_mask: torch.Tensor
+    grounding: GroundingResult
+    texts: list[str]
+    labeled_logits: torch.Tensor | None = None
+    labeled_masks: torch.Tensor | None = None
+
+
 class VLMPseudoLabelRefiner(nn.Module):
     """Frozen VLM + trainable grounding decoder f_g -> text-guided masks and merged pseudo labels.
 
     The VLM is frozen at construction (``requires_grad_(False)``) and kept in eval mode whatever ``train()`` is
     called with; its encodings are computed under ``torch.no_grad``. Sentences are encoded by the VLM's text
     encoder, whose own cache serves repeated sentences when it is frozen. ``train()`` sets f_g's mode: in train
-    mode :meth:`forward` computes f_g's objective with gradients.
+    mode :meth:`forward` grounds with gradients into f_g, for its loss.
 
     Args:
         vlm: stage-1 model with ``encode_image(x) -> .patches (B, h*w, H_v), .grid (h, w)`` and
@@ -93,20 +105,13 @@ class VLMPseudoLabelRefiner(nn.Module):
         grounding_decoder: f_g.
         vlm_image_size: ``(H, W)`` the image encoder expects; images of another size are resized bilinearly
             before encoding (the masks are returned at the input size). ``None``: no resize.
-        text_guided_loss: ``L_tg(pixel_features, mask_logits, text_embed, texts)``; default
-            :class:`~dussss_monai.losses.TextGuidedLoss`.
-        text_guided_weight: ``gamma``, the weight of ``L_tg`` in f_g's objective (1 in the paper).
-        grounding_loss: ``l(text_logits, masks)`` of ``L_ground``; needed when ``grounding_weight > 0``.
-        grounding_weight: ``beta``, the weight of ``L_ground = l(text logits of labeled images, their masks)``;
-            0 (the paper) trains f_g by ``L_tg`` alone.
         crop_size: ``(H', W')`` f_g decodes the regions of patch training at (the image's boxes); default the box's
             size at the whole image's resolution. Smaller crops cost f_g less (its image skip and projection work
             at full resolution).
         bfloat16: run the VLM and f_g under bfloat16 autocast (e.g. on a CPU with bfloat16 matrix units); the
-            losses are computed in float32.
-
-    Raises:
-        ValueError: on a negative weight, or ``grounding_weight > 0`` without a ``grounding_loss``.
+            targets are computed in float32.
+        rotate_texts: ground every image with the sentence of the next image of its batch (``texts[1:] +
+            texts[:1]``): the control of whether DuSSS uses the sentence's content. Labeled images keep theirs.
     """
 
     vlm: Any  # an nn.Module with the stage-1 contract: encode_image(x), encode_text(texts)
@@ -115,30 +120,20 @@ class VLMPseudoLabelRefiner(nn.Module):
         self,
         vlm: nn.Module,
         grounding_decoder: GroundingDecoder,
-        vlm_image_size: Sequence[int] | None = None,
-        text_guided_loss: Callable | None = None,
-        text_guided_weight: float = 1.0,
-        grounding_loss: Callable | None = None,
-        grounding_weight: float = 0.0,
+        vlm_image_size: int | Sequence[int] | None = None,
         crop_size: int | Sequence[int] | None = None,
         bfloat16: bool = False,
+        rotate_texts: bool = False,
     ) -> None:
         super().__init__()
-        if text_guided_weight < 0 or grounding_weight < 0:
-            raise ValueError(
-                f"refiner: text_guided_weight and grounding_weight must be >= 0, got {text_guided_weight}, {grounding_weight}"
-            )
-        if grounding_weight > 0 and grounding_loss is None:
-            raise ValueError("refiner: grounding_weight > 0 needs a grounding_loss (the pixel loss of L_ground)")
         self.vlm = vlm
         self.grounding_decoder = grounding_decoder
+        if isinstance(vlm_image_size, int):
+            vlm_image_size = (vlm_image_size, vlm_image_size)
         self.vlm_image_size = None if vlm_image_size is None else tuple(int(s) for s in vlm_image_size)
-        self.text_guided_loss = text_guided_loss if text_guided_loss is not None else TextGuidedLoss()
-        self.text_guided_weight = float(text_guided_weight)
-        self.grounding_loss = grounding_loss
-        self.grounding_weight = float(grounding_weight)
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
         self.use_bfloat16 = bool(bfloat16)
+        self.rotate_texts = bool(rotate_texts)
         self.vlm.requires_grad_(False)
         self.vlm.eval()
 
@@ -248,20 +243,18 @@ class VLMPseudoLabelRefiner(nn.Module):
             teacher_logits: the teacher's logits of the training images ``(B, 1, h, w)``.
             crop_boxes: ``(B, 4)`` where each training patch lies in its whole image (``crop_box``), or ``None``
                 when ``images`` are the training images.
-            labeled: the labeled images for ``L_ground`` (with their boxes in patch training); used in train mode when
-                ``grounding_weight > 0``.
+            labeled: labeled images to ground as well, for f_g's supervision ``L_ground`` (with their boxes in patch
+                training); in the same batched forward when their size allows.
 
         Returns:
-            :class:`Refinement`: the detached targets and, in train mode, f_g's objective.
+            :class:`Refinement`: the detached targets and the grounding (with gradients into f_g in train mode).
 
         Raises:
             ValueError: when the shapes of teacher and text logits differ.
         """
-        train_decoder = self.training
-        if not (train_decoder and self.grounding_weight > 0):
-            labeled = None
+        texts = rotate(texts) if self.rotate_texts else list(texts)
         autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.use_bfloat16)
-        with torch.set_grad_enabled(train_decoder), autocast:
+        with torch.set_grad_enabled(self.training), autocast:
             grounding, grounding_l = self._ground_both(images, texts, crop_boxes, labeled)
         text_logits = grounding.text_logits
         if crop_boxes is not None:  # decoded at the crop size: bring the patches' text masks to the patch size
@@ -273,19 +266,13 @@ class VLMPseudoLabelRefiner(nn.Module):
                 f"{tuple(text_logits.shape)} differ in shape"
             )
         teacher, text = teacher_logits.detach().float(), text_logits.detach().float()
-        terms: dict[str, torch.Tensor] = {}
-        decoder_loss = None
-        if train_decoder:
-            # only f_g is in this graph: the VLM is frozen and the student is not involved
-            terms["loss_tg"] = self.text_guided_loss(
-                grounding.pixel_features, grounding.feature_logits, grounding.text_embed, texts
-            )
-            decoder_loss = self.text_guided_weight * terms["loss_tg"]
-            if grounding_l is not None and labeled is not None:
-                masks = labeled.masks
-                if labeled.boxes is not None:
-                    masks = crop_to_boxes(masks.float(), labeled.boxes, grounding_l.text_logits.shape[-2:], "nearest")
-                logits_l = grounding_l.text_logits.float()
-                terms["loss_ground"] = self.grounding_loss(logits_l, masks).mean()  # type: ignore[misc]
-                decoder_loss = decoder_loss + self.grounding_weight * terms["loss_ground"]
-        return Refinement(torch.sigmoid(teacher + text), torch.sigmoid(text), decoder_loss, terms)
+        labeled_logits = labeled_masks = None
+        if grounding_l is not None and labeled is not None:
+            labeled_logits, labeled_masks = grounding_l.text_logits, labeled.masks
+            if labeled.boxes is not None:  # f_g decoded the patches' regions: the masks of the same regions
+                labeled_masks = crop_to_boxes(
+                    labeled_masks.float(), labeled.boxes, labeled_logits.shape[-2:], "nearest"
+                )
+        return Refinement(
+            torch.sigmoid(teacher + text), torch.sigmoid(text), grounding, texts, labeled_logits, labeled_masks
+        )

@@ -12,16 +12,32 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from dussss_monai.errors import DuSSSError
 
-__all__ = ["REPO_ROOT", "BUNDLES_DIR", "bundle_command", "run_bundle"]
+__all__ = ["REPO_ROOT", "BUNDLES_DIR", "METHOD_LAYERS", "training_configs", "bundle_command", "run_bundle"]
 
 #: the repository root (this file is ``<root>/scripts/bundle_runner.py``), so scripts run from any directory
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
+
+
+#: each method's config layer over ``configs/train.json`` (which trains DuSSS by itself)
+METHOD_LAYERS = {"dussss": (), "mean_teacher": ("mean_teacher.json",), "supervised": ("supervised.json",)}
+
+
+def training_configs(configs: Path, method: str, *more: str) -> list[Path]:
+    """The config files that train ``method`` with a bundle (``configs``: its ``configs`` folder): ``train.json``,
+    the method's layer, then ``more`` layers (e.g. ``evaluate.json``).
+
+    Raises:
+        DuSSSError: for an unknown method.
+    """
+    if method not in METHOD_LAYERS:
+        raise DuSSSError(f"unknown method {method!r}; choose from {', '.join(METHOD_LAYERS)}")
+    return [configs / "train.json", *(configs / name for name in (*METHOD_LAYERS[method], *more))]
 
 
 def _literal(value: object) -> str:
@@ -47,24 +63,19 @@ def _arg(value: object) -> str:
     return str(value)
 
 
-def bundle_command(
-    config: Path | list[Path], run_id: str, overrides: Mapping[str, object], script: Sequence[str] | None = None
-) -> list[str]:
+def bundle_command(config: Path | list[Path], run_id: str, overrides: Mapping[str, object]) -> list[str]:
     """The argument list of ``python -m monai.bundle run <run_id> --config_file <config> --key value ...``.
 
     Args:
         config: the bundle config file, or a list of them merged in order (e.g. train.json, evaluate.json).
         run_id: the workflow to run (``training``, ``evaluating`` ...).
         overrides: command-line overrides; lists and dicts are passed as compact Python literals.
-        script: a script that takes ``monai.bundle``'s arguments (e.g. ``benchmarks/rotated_text_control.py``),
-            run instead of ``-m monai.bundle``.
 
     Returns:
         the command, starting with this interpreter (``sys.executable``).
     """
     files = str(config) if isinstance(config, Path) else json.dumps([str(c) for c in config])
-    entry = list(script) if script else ["-m", "monai.bundle"]
-    cmd = [sys.executable, *entry, "run", run_id, "--config_file", files]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files]
     for key, value in overrides.items():
         cmd += [f"--{key}", _arg(value)]
     return cmd
@@ -76,12 +87,12 @@ def run_bundle(
     overrides: dict[str, object],
     log_file: Path,
     env: dict[str, str] | None = None,
-    script: Sequence[str] | None = None,
     echo: bool = True,
+    dry_run: bool = False,
 ) -> float:
     """Run one bundle workflow in a subprocess, printing the command and teeing its output to ``log_file``
-    (``script``: see :func:`bundle_command`); with ``echo`` the validation results and errors are shown as they
-    come, else only the command.
+    with ``echo`` the validation results and errors are shown as they
+    come, else only the command; with ``dry_run`` only the command is printed.
 
     Returns:
         the wall time in seconds.
@@ -89,8 +100,10 @@ def run_bundle(
     Raises:
         DuSSSError: when the workflow fails; the message names the log file and shows its last lines.
     """
-    cmd = bundle_command(config, run_id, overrides, script)
+    cmd = bundle_command(config, run_id, overrides)
     print("$ python " + shlex.join(cmd[1:]), flush=True)
+    if dry_run:
+        return 0.0
     log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log_file, "w", encoding="utf-8") as log:

@@ -5,7 +5,8 @@ Steps (each is the same ``python -m monai.bundle`` command a user would type, pr
 1. generate the QaTa-COV19-like demo dataset (skipped when already there);
 2. stage 1: pre-train the vision-language model (``configs/pretrain.json``);
 3. stage 2: train DuSSS, the plain mean teacher and the supervised-only baseline with the same labeled
-   ratio and number of iterations (``configs/train.json --method ...``), once per stage-2 seed (``--seeds``,
+   ratio and number of iterations (``configs/train.json`` with the method's layer, e.g. ``configs/mean_teacher.json``),
+   once per stage-2 seed (``--seeds``,
    default 0; ``--seeds 0,1,2`` for a ranking: the seed draws the labeled split and the initialisation, the same
    for every method);
 4. evaluate each student on the validation split (``configs/evaluate.json``);
@@ -34,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bundle_runner import BUNDLES_DIR, run_bundle  # noqa: E402
+from bundle_runner import BUNDLES_DIR, run_bundle, training_configs  # noqa: E402
 
 from dussss_monai.errors import DuSSSError  # noqa: E402
 from dussss_monai.utils.io import atomic_write_text  # noqa: E402
@@ -160,15 +161,13 @@ def _run(args: argparse.Namespace) -> int:
             **common,
             **TRAIN_OVERRIDES,
             "seed": seed,
-            "method": method,
             "labeled_ratio": args.labeled_ratio,
             "max_epochs": args.epochs,
             "ckpt_dir": str(run_dir / "models"),
             "vlm_checkpoint": str(vlm_ckpt),
         }
-        train_config = BUNDLE / "configs" / "train.json"
         run_bundle(
-            train_config,
+            training_configs(BUNDLE / "configs", method),
             "training",
             {**settings, "output_dir": str(run_dir / "run"), "log_iterations": False},
             work / "logs" / f"train_{method}_seed{seed}.log",
@@ -177,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         eval_dir = run_dir / "eval"
         run_bundle(
-            [train_config, BUNDLE / "configs" / "evaluate.json"],
+            training_configs(BUNDLE / "configs", method, "evaluate.json"),
             "evaluating",
             {**settings, "output_dir": str(run_dir / "run"), "eval_dir": str(eval_dir), "split": "validation"},
             work / "logs" / f"evaluate_{method}_seed{seed}.log",

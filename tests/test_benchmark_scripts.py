@@ -21,101 +21,29 @@ def _load(name: str):
     return module
 
 
-def test_monuseg_sweep_dry_run_lists_each_stage_once(tmp_path, capsys):
+def test_monuseg_table_dry_run_lists_each_run_once_and_writes_nothing(tmp_path, capsys):
     data = generate_demo_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=0, image_size=32)
-    bench = _load("monuseg_accuracy")
+    bench = _load("monuseg_table")
     work = tmp_path / "work"
-    rc = bench.main(
-        [
-            "--dry_run",
-            "--dataset_dir",
-            str(data),
-            "--ratios",
-            "0.25,0.5",
-            "--seeds",
-            "0",
-            "--methods",
-            "supervised,dussss,dussss_no_sss",
-            "--workdir",
-            str(work),
-        ]
-    )
-    out = capsys.readouterr().out
-    assert rc == 0
-    commands = [line for line in out.splitlines() if "-m monai.bundle run" in line]
-    pretrain = [c for c in commands if "pretrain.json" in c]
-    # stage 1 once per variant (full, no_sss), shared by both ratios; none for the supervised baseline
-    assert len(pretrain) == 2 and sum("--use_sss" in c for c in pretrain) == 1
+    args = ["--dry_run", "--dataset_dir", str(data), "--seeds", "0,1", "--workdir", str(work),
+            "--methods", "supervised,mean_teacher,dussss,dussss_rotated"]  # fmt: skip
+    assert bench.main(args) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if "-m monai.bundle run" in line]
+    assert sum("pretrain.json" in c for c in commands) == 1  # stage 1 once, shared by every DuSSS run
     train = [c for c in commands if "run training" in c and "pretrain.json" not in c]
-    assert len(train) == 6  # 2 ratios x 3 methods
-    assert all("--vlm_checkpoint" in c for c in train if "--method dussss" in c)
-    assert len([c for c in commands if "evaluate.json" in c]) == 6
-    assert not (work / "results.csv").exists()  # a dry run writes nothing
+    assert len(train) == 8  # 2 seeds x 4 methods
+    assert sum("supervised.json" in c for c in train) == sum("mean_teacher.json" in c for c in train) == 2
+    assert sum("--rotate_texts True" in c for c in train) == 2
+    assert sum("run evaluating" in c for c in commands) == 16  # with and without flip TTA
+    assert not (work / "results.json").exists()  # a dry run writes no result
 
 
-def test_monuseg_sweep_names_a_missing_dataset(tmp_path, capsys):
-    bench = _load("monuseg_accuracy")
+def test_monuseg_table_names_a_missing_dataset(tmp_path, capsys):
+    bench = _load("monuseg_table")
     absent = tmp_path / "absent"
     assert bench.main(["--dry_run", "--dataset_dir", str(absent), "--workdir", str(tmp_path / "w")]) != 0
     err = capsys.readouterr().err
-    assert str(absent) in err and "does not exist" in err and "Traceback" not in err
-
-
-def test_rotated_text_control_gives_each_unlabeled_image_its_neighbours_sentence():
-    import torch
-
-    from dussss_monai.bundle import TRAINERS
-    from dussss_monai.engines import DuSSSTrainer, UnlabeledBatch
-
-    bench = _load("rotated_text_control")
-    assert bench.rotate(["a", "b", "c"]) == ["b", "c", "a"]
-    assert bench.rotate(["a"]) == ["a"] and bench.rotate(None) is None
-    batch = UnlabeledBatch(torch.zeros(3, 1, 4, 4), torch.zeros(3, 1, 4, 4), {"text": ["a", "b", "c"]})
-    trainer = bench.RotatedTextDuSSSTrainer.__new__(bench.RotatedTextDuSSSTrainer)
-    trainer.text_key = "text"
-    assert trainer.unlabeled_texts(batch) == ["b", "c", "a"]
-    assert DuSSSTrainer.unlabeled_texts(trainer, batch) == ["a", "b", "c"]
-    uninstall = bench.install()
-    try:
-        assert TRAINERS["dussss"] is bench.RotatedTextDuSSSTrainer
-    finally:
-        uninstall()
-    assert TRAINERS["dussss"] is DuSSSTrainer
-
-
-def test_monuseg_sweep_report_only_collects_finished_runs_and_runs_nothing(tmp_path, capsys):
-    """--report_only (used by gpu.sh after runs in parallel processes) tabulates what finished, names what did
-    not, and starts no bundle run."""
-    import json
-
-    data = generate_demo_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=0, image_size=32)
-    bench = _load("monuseg_accuracy")
-    work = tmp_path / "work"
-    done = work / "ratio0.25" / "seed0" / "supervised" / "eval"
-    done.mkdir(parents=True)
-    (done / "summary.json").write_text(json.dumps({"mean_dice": 0.61, "mean_iou": 0.45, "n": 4}))
-    rc = bench.main(
-        [
-            "--report_only",
-            "--dataset_dir",
-            str(data),
-            "--ratios",
-            "0.25",
-            "--seeds",
-            "0",
-            "--methods",
-            "supervised,mean_teacher",
-            "--workdir",
-            str(work),
-        ]
-    )
-    captured = capsys.readouterr()
-    assert rc == 1  # a planned run is missing
-    assert "-m monai.bundle" not in captured.out and not (work / "pretrain").exists()
-    assert "mean_teacher] not finished" in captured.err
-    rows = (work / "results.csv").read_text().splitlines()
-    assert len(rows) == 2 and rows[1].startswith("0.25,0,supervised,0.61")
-    assert "61.00" in (work / "results.md").read_text()
+    assert str(absent) in err and "Traceback" not in err
 
 
 def test_grounding_probe_trains_f_g_alone_and_scores_right_and_rotated_sentences(tmp_path, capsys):
@@ -254,7 +182,7 @@ def test_pseudo_label_quality_scores_each_target_and_grounds_the_control_with_th
 
     def refiner(context, texts, teacher_logits, boxes):
         text = torch.stack([column[t] for t in texts])
-        return Refinement(torch.sigmoid(teacher_logits + text), torch.sigmoid(text), None, {})
+        return Refinement(torch.sigmoid(teacher_logits + text), torch.sigmoid(text), None, list(texts))  # type: ignore[arg-type]
 
     patch = {"image": torch.zeros(1, 2, 2), "label": label, "vlm_image": torch.zeros(1, 4, 4)}
     patch["crop_box"] = torch.tensor([0.0, 0.0, 0.5, 0.5])

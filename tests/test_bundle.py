@@ -11,14 +11,10 @@ import torch
 from torch import nn
 
 from dussss_monai.bundle import (
-    METHODS,
-    TRAINERS,
     bundle_root,
-    check_method,
     latest_checkpoint,
     load_stage1_model,
     load_state_dict_into,
-    stage2_trainer,
 )
 from dussss_monai.errors import CheckpointError, ConfigError
 
@@ -30,12 +26,6 @@ def test_bundle_root_from_command_line(tmp_path: Path) -> None:
     listed = f"['{cfg}','{cfg.parent / 'multi_gpu_train.json'}']"
     assert bundle_root(argv=["x", "--config_file", listed]) == str(tmp_path / "bundles" / "b")
     assert bundle_root(default="fallback", argv=["pytest"]) == "fallback"
-
-
-def test_check_method() -> None:
-    assert check_method("dussss") == "dussss"
-    with pytest.raises(ConfigError, match="mean_teacher"):
-        check_method("meanteacher")
 
 
 def test_latest_checkpoint_picks_newest(tmp_path: Path) -> None:
@@ -61,9 +51,12 @@ def test_load_state_dict_into_reports_mismatch(tmp_path: Path) -> None:
         load_state_dict_into(nn.Linear(3, 2), path, key="student")
 
 
-def test_missing_stage1_checkpoint_names_the_command(tmp_path: Path) -> None:
+def test_missing_stage1_checkpoint_names_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        "sys.argv", ["monai.bundle", "run", "training", "--config_file", "bundles/b/configs/train.json"]
+    )
     with pytest.raises(CheckpointError) as e:
-        load_stage1_model(nn.Linear(2, 2), tmp_path / "vlm.pt", "bundles/b/configs/pretrain.json")
+        load_stage1_model(nn.Linear(2, 2), tmp_path / "vlm.pt")
     msg = str(e.value)
     assert (
         "vlm.pt" in msg and "python -m monai.bundle run training --config_file bundles/b/configs/pretrain.json" in msg
@@ -77,36 +70,6 @@ def test_load_stage1_model_loads_the_weights(tmp_path: Path) -> None:
     torch.save(saved.state_dict(), path)
     vlm = load_stage1_model(nn.Linear(2, 2), path)
     assert torch.equal(vlm.weight, saved.weight)
-
-
-def test_stage2_trainer_builds_the_class_of_each_method_with_its_own_arguments() -> None:
-    from monai.engines import SupervisedTrainer
-
-    from dussss_monai.engines import DuSSSTrainer, MeanTeacherTrainer
-
-    assert METHODS == ("dussss", "mean_teacher", "supervised")
-    assert (TRAINERS["supervised"], TRAINERS["mean_teacher"], TRAINERS["dussss"]) == (
-        SupervisedTrainer,
-        MeanTeacherTrainer,
-        DuSSSTrainer,
-    )
-    net = nn.Conv2d(1, 1, 1)
-    base = {
-        "device": "cpu",
-        "max_epochs": 1,
-        "train_data_loader": [],
-        "network": net,
-        "optimizer": torch.optim.SGD(net.parameters(), 0.1),
-        "loss_function": nn.MSELoss(),
-    }
-    teacher = {"unlabeled_data_loader": [], "ema_decay": 0.5}
-    text = {"refiner": "only DuSSS reads this"}
-    supervised = stage2_trainer("supervised", base, teacher, text)
-    assert type(supervised) is SupervisedTrainer and not hasattr(supervised, "teacher")
-    mean_teacher = stage2_trainer("mean_teacher", base, teacher, text)
-    assert type(mean_teacher) is MeanTeacherTrainer and mean_teacher.ema_decay == 0.5
-    with pytest.raises(ConfigError, match="mean_teacher"):
-        stage2_trainer("dusss", base, teacher, text)
 
 
 def test_config_from_command_line_applies_overrides(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """``benchmarks/gpu.sh`` is run only when a session has a GPU (15 minutes at most): a broken script wastes that
-session. Here it runs end to end on the CPU, on a payload made by ``prepare_gpu_payload.py`` from generated data,
-with tiny networks: every part (step time with profiles, the side-by-side sweep, ``--report_only``, the archive)."""
+session. Here its dry run prints, on the CPU, every command of the MoNuSeg table it would run: the current recipe
+(``monuseg_table.py``, the bundle's configs with each method's layer), stage 1 once, the text features from the
+payload."""
 
 from __future__ import annotations
 
@@ -16,44 +17,34 @@ from dussss_monai.data.demo import generate_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_STEP = (
-    "--size 32 --batch 2 --iters 1 --warmup 1 --vit-hidden 32 --vit-heads 2 --vit-layers 1 --embed-dim 16 "
-    "--decoder-channels 8 --unet-channels 4 8"
-)
-TINY_BUNDLE = " ".join(
-    f"--extra {x}"
-    for x in ("image_size=32", "vit_num_layers=1", "vit_hidden_size=32", "vit_mlp_dim=64", "vit_num_heads=2",
-              "embed_dim=16", "decoder_channels=8", "unet_channels=[4,8,16]", "unet_strides=[2,2]",
-              "train:batch_size=2", "pretrain:batch_size=4")
-)  # fmt: skip
-
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
-def test_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
+def test_gpu_script_dry_run_prints_the_current_recipe(tmp_path):
     data = generate_demo_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=0, image_size=32)
     payload, out = tmp_path / "payload", tmp_path / "out"
+    reference = tmp_path / "plain_unet.py"
+    reference.write_text("print('the reference')\n")
     prep = subprocess.run(
         [sys.executable, "benchmarks/prepare_gpu_payload.py", "--monuseg", str(data), "--out", str(payload),
-         "--size", "48", "--skip_wheels"],
+         "--size", "48", "--skip_wheels", "--reference", str(reference)],
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert prep.returncode == 0, prep.stderr[-2000:]
-    assert (payload / "text_cache.pt").is_file() and (payload / "monuseg" / "Val_Folder" / "img").is_dir()
+    assert (payload / "text_cache.pt").is_file() and (payload / "plain_unet_monuseg.py").is_file()
 
-    env = {**os.environ, "DEVICE": "cpu", "SKIP_INSTALL": "1", "SEEDS": "0", "METHODS": "supervised,dussss",
-           "PRE_EPOCHS": "1", "EPOCHS": "1", "WORK": str(tmp_path / "work"), "STEP_ARGS": TINY_STEP,
-           "SWEEP_EXTRA": TINY_BUNDLE, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    env = {**os.environ, "DRY_RUN": "1", "SKIP_INSTALL": "1", "SEEDS": "0", "METHODS": "reference,mean_teacher,dussss",
+           "WORK": str(tmp_path / "work"), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
     run = subprocess.run(["bash", "benchmarks/gpu.sh", str(payload), str(out)], cwd=REPO, capture_output=True,
-                         text=True, env=env, timeout=600)  # fmt: skip
+                         text=True, env=env, timeout=300)  # fmt: skip
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
-    assert "DuSSS / mean teacher:" in (out / "step_time.txt").read_text()
-    profile = (out / "profile_b16_dussss.txt").read_text()
-    assert profile.startswith("dussss: 8 iterations") and "Self CPU time total" in profile
-    results = (out / "results.md").read_text()
-    rows = [line for line in results.splitlines() if line.startswith(("| Supervised only", "| DuSSS |"))]
-    assert len(rows) == 2 and all("| 1 | 4 |" in r for r in rows), results  # one seed, four validation images
-    assert "[ratio 0.25 seed 0 dussss] validation Dice" in log
-    files = sorted(p.name for p in out.iterdir())
-    assert len(files) <= 8, files  # the device tool returns at most 8 files
-    assert {"logs.tar.gz", "results.csv", "learning_curves_ratio0.25.png"} <= set(files)
+    commands = [line for line in log.splitlines() if line.startswith("$ ")]
+    # stage 1 in one shared folder, with the sentence features of the payload (a dry run prints it where it is needed)
+    stage1 = {c for c in commands if "pretrain.json" in c}
+    assert len(stage1) == 1 and "text_cache.pt" in next(iter(stage1)) and "work/stage1" in next(iter(stage1))
+    trains = [c for c in commands if " training " in c and "pretrain.json" not in c]
+    assert len(trains) == 2 and all("--max_epochs 48" in c for c in trains)
+    assert sum("configs/mean_teacher.json" in c for c in trains) == 1  # the method is its config layer
+    assert sum("--vlm_checkpoint" in c for c in trains) == 1  # DuSSS reads the shared stage-1 model
+    assert sum("plain_unet_monuseg.py" in c and "--iterations=1200" in c for c in commands) == 1
+    assert sum(" evaluating " in c for c in commands) == 2 * 2  # (mean teacher, DuSSS) x (with and without flip TTA)

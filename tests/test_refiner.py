@@ -1,4 +1,5 @@
-"""VLMPseudoLabelRefiner: merged pseudo label = sigmoid of summed logits, frozen VLM, f_g's objective and gradients."""
+"""VLMPseudoLabelRefiner: merged pseudo label = sigmoid of summed logits, frozen VLM, the grounding f_g's objective
+reads (GroundingDecoderLoss) and its gradients, the rotated-sentence control."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dussss_monai.losses.grounding import GroundingDecoderLoss
 from dussss_monai.losses.segmentation import SegmentationLoss
 from dussss_monai.losses.text_guided import TextGuidedLoss
 from dussss_monai.networks.grounding_decoder import GroundingDecoder, crop_to_boxes
@@ -56,43 +58,52 @@ def test_merged_is_sigmoid_of_summed_logits_not_summed_probabilities():
     assert wrong.min() >= 0.5  # summed probabilities never let the target fall below 0.5
 
 
-def test_forward_returns_detached_targets_at_image_size_and_no_objective_in_eval_mode():
+def test_forward_returns_detached_targets_at_image_size_and_no_gradients_in_eval_mode():
     ref = _refiner().eval()
     images = torch.rand(2, 1, 32, 32)
     teacher_logits = torch.randn(2, 1, 32, 32, requires_grad=True)
     out = ref(images, ["left lung", "right lung"], teacher_logits)
     assert out.merged.shape == out.text_mask.shape == (2, 1, 32, 32)
     assert not out.merged.requires_grad and not out.text_mask.requires_grad
-    assert out.decoder_loss is None and out.terms == {}
+    assert not out.grounding.pixel_features.requires_grad and out.labeled_logits is None
     text = ref.text_logits(images, ["left lung", "right lung"]).detach()
     torch.testing.assert_close(out.merged, torch.sigmoid(teacher_logits.detach() + text))
     with pytest.raises(ValueError, match="differ in shape"):
         ref(images, ["left lung", "right lung"], torch.zeros(2, 1, 16, 16))
 
 
-def test_forward_in_train_mode_returns_f_g_objective():
+def _decoder_loss(out, loss: GroundingDecoderLoss):
+    g = out.grounding
+    return loss(g.pixel_features, g.feature_logits, g.text_embed, out.texts, out.labeled_logits, out.labeled_masks)
+
+
+def test_the_grounding_of_train_mode_gives_f_g_objective():
     """gamma * L_tg + beta * L_ground, with L_ground on the labeled images and gradients into f_g only."""
-    ref = VLMPseudoLabelRefiner(
-        FakeVLM(),
-        GroundingDecoder(12, 8, hidden_channels=8),
-        text_guided_weight=0.5,
-        grounding_loss=SegmentationLoss(),
-        grounding_weight=2.0,
-    ).train()
+    ref = _refiner().train()
+    loss = GroundingDecoderLoss(text_guided_weight=0.5, grounding_loss=SegmentationLoss(), grounding_weight=2.0)
     images, texts = torch.rand(3, 1, 32, 32), ["a", "b", "c"]
     labeled = GroundingTargets(torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float(), ["a", "d"])
     out = ref(images, texts, torch.zeros(3, 1, 32, 32), labeled=labeled)
-    assert set(out.terms) == {"loss_tg", "loss_ground"}
-    torch.testing.assert_close(out.decoder_loss, 0.5 * out.terms["loss_tg"] + 2.0 * out.terms["loss_ground"])
+    objective, terms = _decoder_loss(out, loss)
+    assert set(terms) == {"loss_tg", "loss_ground"}
+    torch.testing.assert_close(objective, 0.5 * terms["loss_tg"] + 2.0 * terms["loss_ground"])
     g = ref.ground(labeled.images, labeled.texts)
     torch.testing.assert_close(
-        out.terms["loss_ground"], SegmentationLoss()(g.text_logits, labeled.masks), rtol=1e-4, atol=1e-6
+        terms["loss_ground"], SegmentationLoss()(g.text_logits, labeled.masks), rtol=1e-4, atol=1e-6
     )
-    out.decoder_loss.backward()
+    objective.backward()
     assert all(p.grad is None for p in ref.vlm.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ref.grounding_decoder.parameters())
     without = ref(images, texts, torch.zeros(3, 1, 32, 32))  # no labeled images: L_tg alone
-    assert set(without.terms) == {"loss_tg"}
+    assert set(_decoder_loss(without, loss)[1]) == {"loss_tg"}
+
+
+def test_rotated_texts_ground_each_image_with_its_neighbours_sentence():
+    images, texts = torch.rand(3, 1, 32, 32), ["left", "right", "both"]
+    plain, rotated = _refiner().eval(), _refiner(rotate_texts=True).eval()
+    out = rotated(images, texts, torch.zeros(3, 1, 32, 32))
+    assert out.texts == ["right", "both", "left"] and texts == ["left", "right", "both"]
+    torch.testing.assert_close(out.text_mask, torch.sigmoid(plain.text_logits(images, out.texts)))
 
 
 def test_vlm_is_frozen_and_stays_in_eval_mode():

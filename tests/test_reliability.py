@@ -21,7 +21,9 @@ import torch
 from dussss_monai.data import generate_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "bundles" / "dussss_qata_cov19" / "configs" / "train.json"
+CONFIGS = REPO / "bundles" / "dussss_qata_cov19" / "configs"
+MEAN_TEACHER = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'mean_teacher.json'}']"
+SUPERVISED = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'supervised.json'}']"
 TINY = [
     "--image_size",
     "32",
@@ -47,7 +49,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _cmd(dataset: Path, root: Path, *extra: str) -> list[str]:
+def _cmd(dataset: Path, root: Path, config: str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -55,7 +57,7 @@ def _cmd(dataset: Path, root: Path, *extra: str) -> list[str]:
         "run",
         "training",
         "--config_file",
-        str(TRAIN),
+        config,
         "--dataset_dir",
         str(dataset),
         "--bundle_root",
@@ -78,7 +80,7 @@ def _run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
 
 def test_sigkilled_training_resumes_from_its_last_checkpoint(dataset: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "mean_teacher_ratio0.5_seed0" / "checkpoints"
-    common = ("--method", "mean_teacher", "--labeled_ratio", "0.5")
+    common = (MEAN_TEACHER, "--labeled_ratio", "0.5")
     proc = subprocess.Popen(
         _cmd(dataset, tmp_path, *common, "--max_epochs", "400"),
         stdout=subprocess.DEVNULL,
@@ -128,8 +130,7 @@ def test_non_finite_loss_stops_and_keeps_good_models(dataset: Path, tmp_path: Pa
         _cmd(
             dataset,
             tmp_path,
-            "--method",
-            "supervised",
+            SUPERVISED,
             "--labeled_ratio",
             "1.0",
             "--max_epochs",
@@ -156,9 +157,7 @@ def test_same_seed_same_split_and_dice(dataset: Path, tmp_path: Path) -> None:
     summaries, splits = [], []
     for i in range(2):
         root = tmp_path / f"run{i}"
-        result = _run(
-            _cmd(dataset, root, "--method", "supervised", "--labeled_ratio", "0.5", "--max_epochs", "2", "--seed", "3")
-        )
+        result = _run(_cmd(dataset, root, SUPERVISED, "--labeled_ratio", "0.5", "--max_epochs", "2", "--seed", "3"))
         assert result.returncode == 0, result.stderr[-3000:]
         run_dir = root / "runs" / "supervised_ratio0.5_seed3"
         splits.append((run_dir / "split_ratio0.5_seed3.json").read_bytes())

@@ -19,16 +19,12 @@ from dussss_monai.bundle.cli import (
     prepare_run,
 )
 from dussss_monai.bundle.factories import (
-    METHODS,
-    TRAINERS,
-    check_method,
     default_num_workers,
     feature_perturbation,
+    labeled_sampler,
     make_inferer,
-    make_refiner,
     matched_epoch_length,
     scoring_postprocessing,
-    stage2_trainer,
     student_perturbation,
     use_bfloat16,
 )
@@ -39,9 +35,7 @@ from dussss_monai.bundle.run_record import environment_versions, training_scalar
 from dussss_monai.bundle.settings import SETTINGS, check_settings
 
 __all__ = [
-    "METHODS",
     "SETTINGS",
-    "TRAINERS",
     "RunFolder",
     "apply_model_record",
     "check_settings",
@@ -51,7 +45,6 @@ __all__ = [
     "check_command_line",
     "check_inputs",
     "check_stage2_inputs",
-    "check_method",
     "checkpoint_objects",
     "config_from_command_line",
     "config_path",
@@ -63,11 +56,10 @@ __all__ = [
     "latest_checkpoint",
     "load_stage1_model",
     "load_state_dict_into",
+    "labeled_sampler",
     "make_inferer",
-    "make_refiner",
     "matched_epoch_length",
     "scoring_postprocessing",
-    "stage2_trainer",
     "student_perturbation",
     "training_scalars",
     "use_bfloat16",

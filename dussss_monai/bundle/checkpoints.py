@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from dussss_monai.bundle.cli import stage1_command
 from dussss_monai.bundle.model_record import model_record_path
 from dussss_monai.errors import CheckpointError
 from dussss_monai.utils.io import safe_torch_load, state_dict_mismatch
@@ -68,15 +69,12 @@ def load_state_dict_into(
     return module
 
 
-def load_stage1_model(
-    vlm: nn.Module, checkpoint: str | os.PathLike, pretrain_config: str = "configs/pretrain.json"
-) -> nn.Module:
+def load_stage1_model(vlm: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
     """Load the stage-1 vision-language model for stage 2.
 
     Args:
         vlm: the VLM built from the same settings as in stage 1.
         checkpoint: the stage-1 checkpoint (a state dict of the VLM).
-        pretrain_config: the stage-1 config, named in the error message when the checkpoint is missing.
 
     Returns:
         ``vlm`` with the checkpoint's weights (the refiner freezes it).
@@ -85,10 +83,7 @@ def load_stage1_model(
         CheckpointError: when the checkpoint is missing (with the command that makes it), unsafe or does not match.
     """
     if not Path(checkpoint).is_file():
-        raise CheckpointError(
-            f"no stage-1 checkpoint at {checkpoint}; train stage 1 first: "
-            f"python -m monai.bundle run training --config_file {pretrain_config} --dataset_dir <same dataset>"
-        )
+        raise CheckpointError(f"no stage-1 checkpoint at {checkpoint}; train stage 1 first: {stage1_command()}")
     return load_state_dict_into(vlm, checkpoint)
 
 

@@ -32,6 +32,7 @@ from dussss_monai.errors import ConfigError, DuSSSError
 __all__ = [
     "bundle_root",
     "config_path",
+    "stage1_command",
     "prepare_run",
     "check_command_line",
     "check_device",
@@ -116,6 +117,13 @@ def config_path(name: str, default_folder: str = "configs", argv: Sequence[str] 
     files = _config_files(list(sys.argv if argv is None else argv))
     folder = Path(files[0]).parent if files else Path(default_folder)
     return str(folder / name)
+
+
+def stage1_command(dataset_dir: str | os.PathLike = "<the same dataset>") -> str:
+    """The command that trains stage 1 of the bundle being run, for messages (its ``pretrain.json``)."""
+    return (
+        f"python -m monai.bundle run training --config_file {config_path('pretrain.json')} --dataset_dir {dataset_dir}"
+    )
 
 
 def bundle_root(default: str = ".", argv: Sequence[str] | None = None) -> str:

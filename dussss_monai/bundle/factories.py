@@ -1,95 +1,35 @@
-"""The components bundle configs build through a function: the stage-2 trainer of a method, the refiner, the
-inferer and scoring of a training mode, and the epoch length shared by every method of a comparison."""
+"""The components bundle configs build through a function (named by ``_target_``, with named arguments): the
+student's perturbations, the inferer and scoring of a training mode, the labeled stream's sampler, and the epoch
+length shared by every method of a comparison. The method itself is a config layer (``configs/mean_teacher.json``,
+``configs/supervised.json`` over ``configs/train.json``, which trains DuSSS), each naming its trainer class."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Mapping, Sequence, Sized
+from typing import Any
 
 import torch
-from monai.engines import SupervisedTrainer
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from monai.transforms import Activationsd, AsDiscreted, Compose, Resized
-from torch import nn
+from torch.utils.data import RandomSampler
 
-from dussss_monai.bundle.checkpoints import load_stage1_model
-from dussss_monai.engines import CopyPaste, CutMix, DuSSSTrainer, FeatureDropout, MeanTeacherTrainer
+from dussss_monai.engines import CopyPaste, CutMix, FeatureDropout
+from dussss_monai.engines.distributed import world_size as distributed_world_size
 from dussss_monai.errors import ConfigError
 from dussss_monai.inferers import AutocastInferer, FlipTTAInferer, cpu_has_fast_bfloat16
-from dussss_monai.networks.grounding_decoder import GroundingDecoder
 
 __all__ = [
-    "METHODS",
-    "TRAINERS",
-    "check_method",
-    "stage2_trainer",
     "PERTURBATIONS",
     "student_perturbation",
     "feature_perturbation",
-    "make_refiner",
     "make_inferer",
     "use_bfloat16",
     "default_num_workers",
     "scoring_postprocessing",
+    "labeled_sampler",
     "matched_epoch_length",
 ]
-
-#: the stage-2 trainer of each method of the bundles' ``method`` setting
-TRAINERS: dict[str, type[SupervisedTrainer]] = {
-    "dussss": DuSSSTrainer,
-    "mean_teacher": MeanTeacherTrainer,
-    "supervised": SupervisedTrainer,
-}
-METHODS = tuple(TRAINERS)
-
-
-def check_method(method: str) -> str:
-    """Validate the stage-2 ``method`` switch of a bundle config.
-
-    Raises:
-        ConfigError: when ``method`` is not one of :data:`METHODS`.
-    """
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    return method
-
-
-def stage2_trainer(
-    method: str,
-    trainer_args: Mapping[str, Any],
-    teacher_args: Mapping[str, Any],
-    text_args: Mapping[str, Any],
-    train_handlers: Sequence[Any] | None = None,
-) -> SupervisedTrainer:
-    """The stage-2 trainer of ``method`` (:data:`TRAINERS`), given the arguments each trainer class takes.
-
-    A config passes the handlers last, so that they are built after every network: building the validation
-    ``monai.data.DataLoader`` reseeds torch's generator, so training then starts from the same random state
-    whatever networks (and how many random draws) the method needed.
-
-    Args:
-        method: one of :data:`METHODS`.
-        trainer_args: the arguments of ``SupervisedTrainer`` (every method) but ``train_handlers``.
-        teacher_args: the arguments :class:`~dussss_monai.engines.MeanTeacherTrainer` adds (unlabeled stream,
-            EMA, consistency); used by the mean teacher and DuSSS.
-        text_args: the arguments :class:`~dussss_monai.engines.DuSSSTrainer` adds (refiner, f_g's optimiser,
-            ablation switches); used by DuSSS.
-        train_handlers: the trainer's handlers.
-
-    Returns:
-        the trainer.
-
-    Raises:
-        ConfigError: when ``method`` is unknown.
-    """
-    trainer_class = TRAINERS[check_method(method)]
-    kwargs = {**trainer_args, "train_handlers": train_handlers}
-    if issubclass(trainer_class, MeanTeacherTrainer):
-        kwargs.update(teacher_args)
-    if issubclass(trainer_class, DuSSSTrainer):
-        kwargs.update(text_args)
-    return trainer_class(**kwargs)
 
 
 #: the ``perturbation`` setting of the bundles: the student's view of an unlabeled batch
@@ -130,42 +70,6 @@ def feature_perturbation(rate: float) -> FeatureDropout | None:
     if not 0 < rate < 1:
         raise ConfigError(f"feature_dropout must be 0 (off) or in (0, 1), got {rate}; e.g. --feature_dropout 0.5")
     return FeatureDropout(rate)
-
-
-def make_refiner(
-    method: str,
-    vlm: nn.Module,
-    grounding_decoder: nn.Module,
-    vlm_checkpoint: str | os.PathLike,
-    pretrain_config: str = "configs/pretrain.json",
-    device: str | torch.device = "cpu",
-    vlm_image_size: int | Sequence[int] | None = None,
-    **refiner_args: Any,
-) -> nn.Module | None:
-    """The VLM pseudo-label refiner for ``method == "dussss"``; ``None`` for the other methods.
-
-    The stage-1 VLM is loaded from ``vlm_checkpoint`` (the refiner freezes it); the grounding decoder stays
-    trainable. ``vlm_image_size`` is the input size the stage-1 image encoder was trained at: images of another
-    size (native-resolution patches) are resized to it before encoding, and their text masks come back at the
-    images' size.
-
-    Args:
-        refiner_args: the refiner's loss settings (``text_guided_loss``, ``text_guided_weight``,
-            ``grounding_loss``, ``grounding_weight``), see :class:`~dussss_monai.refiner.VLMPseudoLabelRefiner`.
-
-    Raises:
-        ConfigError: when ``method`` is unknown.
-        CheckpointError: when the stage-1 checkpoint is missing (the message gives the command that makes it).
-    """
-    if check_method(method) != "dussss":
-        return None
-    from dussss_monai.refiner import VLMPseudoLabelRefiner
-
-    load_stage1_model(vlm, vlm_checkpoint, pretrain_config)
-    if isinstance(vlm_image_size, int):
-        vlm_image_size = (vlm_image_size, vlm_image_size)
-    decoder = cast(GroundingDecoder, grounding_decoder)
-    return VLMPseudoLabelRefiner(vlm, decoder, vlm_image_size, **refiner_args).to(device)
 
 
 def make_inferer(
@@ -250,11 +154,20 @@ def scoring_postprocessing(score_size: int | Sequence[int] | None = None, thresh
     return Compose(xforms + [AsDiscreted(keys="pred", threshold=float(threshold))])
 
 
+def labeled_sampler(dataset: Sized, epoch_length: int | None, batch_size: int) -> RandomSampler | None:
+    """The labeled stream's sampler: with ``epoch_length`` set, an epoch is that many batches of labeled items drawn
+    with replacement (a few labeled images, many iterations); ``None`` (one shuffled pass) otherwise."""
+    if epoch_length is None:
+        return None
+    return RandomSampler(dataset, replacement=True, num_samples=int(epoch_length) * int(batch_size))
+
+
 def matched_epoch_length(
     datalist: Mapping[str, Sequence[Any]],
     batch_size: int,
     unlabeled_batch_size: int | None = None,
     world_size: int | None = None,
+    epoch_length: int | None = None,
 ) -> int:
     """Iterations per epoch shared by every method of a comparison: one pass over the larger of the labeled and
     unlabeled streams, ``max(ceil(n_l / (W * b)), ceil(n_u / (W * b_u)))`` with ``W`` ranks (each rank holds
@@ -269,6 +182,7 @@ def matched_epoch_length(
         batch_size: labeled batch size.
         unlabeled_batch_size: unlabeled batch size (default ``batch_size``).
         world_size: number of ranks; default the initialised process group's size, else 1.
+        epoch_length: a length set by the user, returned as it is (``None``: the matched length).
 
     Returns:
         the epoch length (at least 1).
@@ -276,6 +190,8 @@ def matched_epoch_length(
     Raises:
         ConfigError: when a batch size is not positive or ``datalist`` lacks the ``labeled`` list.
     """
+    if epoch_length is not None:
+        return int(epoch_length)
     ub = batch_size if unlabeled_batch_size is None else unlabeled_batch_size
     if int(batch_size) < 1 or int(ub) < 1:
         raise ConfigError(f"batch sizes must be positive, got batch_size={batch_size}, unlabeled_batch_size={ub}")
@@ -283,10 +199,7 @@ def matched_epoch_length(
         raise ConfigError(
             "matched_epoch_length: the datalist has no 'labeled' list (see dussss_monai.data.prepare_datalist)"
         )
-    if world_size is None:
-        dist = torch.distributed
-        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    w = max(int(world_size), 1)
+    w = max(int(distributed_world_size() if world_size is None else world_size), 1)
 
     def steps(n: int, b: int) -> int:
         per_rank = -(-n // w)

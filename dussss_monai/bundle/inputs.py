@@ -1,13 +1,12 @@
-"""Cheap checks of a run's inputs before anything is loaded: a mistyped method, a missing dataset or checkpoint
-fails in the first second, with the fix, instead of after the text encoder and the dataset have been read."""
+"""Cheap checks of a run's inputs before anything is loaded: a missing dataset or checkpoint fails in the first
+second, with the fix, instead of after the text encoder and the dataset have been read."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from dussss_monai.bundle.cli import config_path
-from dussss_monai.bundle.factories import check_method
+from dussss_monai.bundle.cli import stage1_command
 from dussss_monai.errors import CheckpointError, DatasetError
 
 __all__ = ["check_inputs", "check_stage2_inputs"]
@@ -15,7 +14,6 @@ __all__ = ["check_inputs", "check_stage2_inputs"]
 
 def check_inputs(
     dataset_dir: str | os.PathLike | None = None,
-    method: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     make_checkpoint: str | None = None,
     dataset_option: str = "--dataset_dir",
@@ -24,18 +22,14 @@ def check_inputs(
 
     Args:
         dataset_dir: a dataset folder (LViT layout), datalist file or folder of images; ``None``: not checked.
-        method: a stage-2 method (:data:`~dussss_monai.bundle.factories.METHODS`); ``None``: not checked.
         checkpoint: a checkpoint file the run loads; ``None``: not checked.
         make_checkpoint: the command that makes ``checkpoint``, given in the message when it is missing.
         dataset_option: the command-line option that names ``dataset_dir``, given in the message.
 
     Raises:
-        ConfigError: for an unknown method.
         DatasetError: when ``dataset_dir`` does not exist.
         CheckpointError: when ``checkpoint`` does not exist.
     """
-    if method is not None:
-        check_method(method)
     if dataset_dir is not None and not Path(dataset_dir).exists():
         raise DatasetError(
             f"{dataset_dir} does not exist: pass {dataset_option} <an existing folder or datalist .json/.csv>",
@@ -46,10 +40,7 @@ def check_inputs(
         raise CheckpointError(f"no checkpoint at {checkpoint}{how}")
 
 
-def check_stage2_inputs(method: str, dataset_dir: str | os.PathLike, vlm_checkpoint: str | os.PathLike) -> None:
-    """:func:`check_inputs` of a stage-2 run: the method, the dataset and, for DuSSS, the stage-1 checkpoint
-    (the message gives the stage-1 command of the same bundle and dataset)."""
-    stage1 = (
-        f"python -m monai.bundle run training --config_file {config_path('pretrain.json')} --dataset_dir {dataset_dir}"
-    )
-    check_inputs(dataset_dir, method, vlm_checkpoint if method == "dussss" else None, stage1)
+def check_stage2_inputs(dataset_dir: str | os.PathLike, stage1_checkpoint: str | os.PathLike | None = None) -> None:
+    """:func:`check_inputs` of a stage-2 run: the dataset and, for a method that reads the stage-1 model (DuSSS),
+    its checkpoint; the message gives the stage-1 command of the same bundle and dataset."""
+    check_inputs(dataset_dir, stage1_checkpoint, stage1_command(dataset_dir))

@@ -21,7 +21,16 @@ from typing import Any
 
 from dussss_monai.errors import ConfigError
 
-__all__ = ["Setting", "SETTINGS", "COMPONENTS", "json_schema", "identity_keys", "check_settings", "is_expression"]
+__all__ = [
+    "Setting",
+    "SETTINGS",
+    "COMPONENTS",
+    "METHOD_KEYS",
+    "json_schema",
+    "identity_keys",
+    "check_settings",
+    "is_expression",
+]
 
 
 @dataclass(frozen=True)
@@ -106,9 +115,6 @@ SETTINGS: dict[str, Setting] = {
     "early_stop_patience": _s(
         "integer", "stop after this many validations without improvement", resumable=True, **_POSITIVE_INT
     ),
-    "tensorboard_images": _s(
-        "boolean", "write validation images with their predictions to TensorBoard", resumable=True
-    ),
     # images and network
     "in_channels": _s("integer", "image channels: 1 (grey) or 3 (colour)", enum=[1, 3]),
     "image_size": _s("integer", "the size images are resized to (the VLM's input)", minimum=8),
@@ -155,6 +161,7 @@ SETTINGS: dict[str, Setting] = {
     "use_text_loss": _s("boolean", "L_text: the student learns f_g's text mask too"),
     "use_merged_loss": _s("boolean", "L_merged: the student learns the text-refined pseudo label"),
     "use_text_guided_loss": _s("boolean", "L_tg: f_g's text-guided loss"),
+    "rotate_texts": _s("boolean", "control: ground each unlabeled image with the next image's sentence"),
     "decoder_channels": _s("integer", "f_g's hidden channels", **_POSITIVE_INT),
     "decoder_image_skip_channels": _s("integer", "f_g's image skip channels (0: none)", minimum=0),
     "decoder_crop_size": _s("integer|null", "the size f_g decodes a patch's region at", minimum=8),
@@ -184,12 +191,16 @@ SETTINGS: dict[str, Setting] = {
 COMPONENTS: frozenset[str] = frozenset(
     {
         "imports", "network_def", "network", "vlm_def", "grounding_decoder", "refiner", "loss", "consistency_loss",
-        "text_guided_loss", "text_augmenter", "optimizer", "decoder_optimizer", "datalist", "data_source",
+        "text_guided_loss", "grounding_decoder_loss", "text_augmenter", "optimizer", "decoder_optimizer", "datalist",
+        "data_source", "method", "text_sections", "grounding_context", "stage1_checkpoint",
         "eval_items", "inputs", "stain_references", "strong_stain_references", "preprocessing", "dataset", "dataloader",
         "inferer", "postprocessing", "handlers", "evaluator", "train", "validate", "run_folder", "trained",
         "model_record", "is_main_rank", "initialize", "training", "evaluating", "run", "finalize", "_meta_",
     }
 )  # fmt: skip
+
+#: what a method's config layer sets (``configs/mean_teacher.json``, ``configs/supervised.json``): not settings
+METHOD_KEYS = ("method", "text_sections", "grounding_context", "stage1_checkpoint")
 
 _EXPRESSION_PREFIXES = ("$", "@", "%")
 
@@ -209,8 +220,9 @@ def json_schema() -> dict[str, Any]:
 
 
 def identity_keys(keys: Iterable[str]) -> list[str]:
-    """The settings among ``keys`` that define a run: every declared setting that is not ``resumable``."""
-    return [k for k in keys if k in SETTINGS and not SETTINGS[k].resumable]
+    """The keys among ``keys`` that define a run: the method's name and every declared setting that is not
+    ``resumable``."""
+    return [k for k in keys if k == "method" or (k in SETTINGS and not SETTINGS[k].resumable)]
 
 
 def _typename(value: Any) -> str:
@@ -264,7 +276,15 @@ def check_settings(
 
     known_keys = set(config if known is None else known)
     problems: list[str] = []
+    for key in set(overrides) & set(METHOD_KEYS):
+        problems.append(
+            f"--{key}: the method is chosen by its config layer, not a setting: "
+            "--config_file \"['configs/train.json','configs/mean_teacher.json']\" (or supervised.json; train.json alone "
+            "trains DuSSS), the same files for evaluation"
+        )
     for key in overrides:
+        if key in METHOD_KEYS:
+            continue
         top = key.replace("::", "#").split("#", 1)[0]
         if top in known_keys:
             continue

@@ -99,21 +99,27 @@ def estimate_he_stain(image: np.ndarray | torch.Tensor, alpha: float = 1.0, beta
     return HEStain(matrix=matrix, max_concentration=maxima)
 
 
-def he_stain_references(paths: Sequence[str | os.PathLike]) -> list[HEStain]:
-    """The stain of every image in ``paths`` (e.g. the unlabeled training tiles), for :class:`RandStainTransferd`.
+def he_stain_references(
+    images: Sequence[str | os.PathLike | Mapping[str, Any]], transfer_prob: float = 1.0
+) -> list[HEStain]:
+    """The stain of every image of ``images`` (e.g. the unlabeled training tiles), for :class:`RandStainTransferd`.
 
     Args:
-        paths: RGB H&E image files.
+        images: RGB H&E image files, or datalist items (their ``image``).
+        transfer_prob: the probability the stains will be transferred with; 0 computes none (the transfer is off).
 
     Returns:
-        one :class:`HEStain` per file, in order (empty for no files).
+        one :class:`HEStain` per file, in order (empty for no files, or a ``transfer_prob`` of 0).
 
     Raises:
         DatasetError: a file that cannot be read, or whose stain cannot be estimated (no stained pixels), named
             with the fix.
     """
+    if transfer_prob == 0:
+        return []
     references = []
-    for path in paths:
+    for image in images:
+        path = image["image"] if isinstance(image, Mapping) else image
         try:
             references.append(estimate_he_stain(read_image_2d(path, channels=3)))
         except (ValueError, np.linalg.LinAlgError) as e:

@@ -1,15 +1,16 @@
 """What one stage-2 iteration passes between the trainer's hooks: the labeled and unlabeled batches on the device,
-and the student's view of the unlabeled one (:class:`~dussss_monai.engines.MeanTeacherTrainer`)."""
+the student's view of the unlabeled one, and the pseudo labels computed from the teacher's output
+(:class:`~dussss_monai.engines.MeanTeacherTrainer`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["LabeledBatch", "UnlabeledBatch", "StudentView"]
+__all__ = ["LabeledBatch", "UnlabeledBatch", "StudentView", "PseudoLabels"]
 
 
 @dataclass
@@ -56,3 +57,20 @@ class StudentView:
     images: torch.Tensor
     carry: Callable[[torch.Tensor], torch.Tensor] = _identity
     weight: torch.Tensor | None = None
+
+
+@dataclass
+class PseudoLabels:
+    """What the ``pseudo_labels`` hook computes from the teacher's output.
+
+    Attributes:
+        targets: the consistency targets of the student, by name: probabilities ``(B, 1, H, W)`` of the teacher's
+            view, detached (e.g. ``{"teacher": ...}``; DuSSS: ``{"merged": ..., "text": ...}``).
+        losses: objectives of other networks trained in the same step, by name (DuSSS: f_g's ``"decoder"``); each is
+            back-propagated after the student's total, and the trainer's ``optimizers()`` step them all.
+        terms: scalars of this computation to check for NaN/Inf and to log (e.g. ``loss_tg``).
+    """
+
+    targets: dict[str, torch.Tensor]
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -21,7 +21,7 @@ import torch
 
 from dussss_monai.errors import ConfigError
 
-__all__ = ["BatchCutMix", "draw_cutmix"]
+__all__ = ["BatchCutMix", "box_mask", "draw_cutmix"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,21 @@ class BatchCutMix:
             )
         mask = self.mask.to(device=data.device, dtype=data.dtype)
         return mask * data[self.partner.to(data.device)] + (1 - mask) * data
+
+
+def box_mask(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    box_h: torch.Tensor | int,
+    box_w: torch.Tensor | int,
+) -> torch.Tensor:
+    """One box per image as a mask: ``(B, 1, H, W)`` float, 1 where ``top <= row < top + box_h`` and
+    ``left <= col < left + box_w`` (``rows``, ``cols``: the ``H`` and ``W`` coordinates, in the boxes' units)."""
+    inside_y = (rows[None] >= top[:, None]) & (rows[None] < (top + box_h)[:, None])
+    inside_x = (cols[None] >= left[:, None]) & (cols[None] < (left + box_w)[:, None])
+    return (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
 
 
 def draw_cutmix(
@@ -94,9 +109,7 @@ def draw_cutmix(
     left = (1.0 - box_w) * u[:, 3]
     rows = (torch.arange(height) + 0.5) / height
     cols = (torch.arange(width) + 0.5) / width
-    inside_y = (rows[None] >= top[:, None]) & (rows[None] < (top + box_h)[:, None])
-    inside_x = (cols[None] >= left[:, None]) & (cols[None] < (left + box_w)[:, None])
-    mask = (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
+    mask = box_mask(rows, cols, top, left, box_h, box_w)
     order = torch.randperm(batch_size, generator=generator)
     partner = torch.empty(batch_size, dtype=torch.long)
     partner[order] = torch.roll(order, -1)

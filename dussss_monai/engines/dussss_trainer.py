@@ -2,11 +2,16 @@
 (``docs/method.md``, "Pseudo labels and losses").
 
 :class:`DuSSSTrainer` overrides one hook of :class:`~dussss_monai.engines.MeanTeacherTrainer`,
-:meth:`~dussss_monai.engines.MeanTeacherTrainer.pseudo_labels`: the refiner turns the teacher's logits and the
-sentences into ``merged = sigmoid(teacher_logits + text_logits)`` and ``text_mask = sigmoid(text_logits)``, the
-targets of ``L_merged`` and ``L_text``, and returns f_g's objective, which this trainer optimises with f_g's
-own optimiser in the same step as the student. The targets are detached, so the student's losses never reach
-f_g and f_g's loss never reaches the student.
+:meth:`~dussss_monai.engines.MeanTeacherTrainer.pseudo_labels`, top to bottom:
+
+1. the refiner turns the teacher's logits and the sentences into ``merged = sigmoid(teacher_logits + text_logits)``
+   and ``text_mask = sigmoid(text_logits)``, the targets of ``L_merged`` and ``L_text``, and returns the grounding
+   it computed (with the labeled images' when f_g is supervised on them);
+2. f_g's loss (:class:`~dussss_monai.losses.GroundingDecoderLoss`) is computed from that grounding;
+3. the hook returns the targets and f_g's loss (:class:`~dussss_monai.engines.PseudoLabels`); the iteration
+   back-propagates it after the student's and steps f_g's optimiser with the student's.
+
+The targets are detached, so the student's losses never reach f_g and f_g's loss never reaches the student.
 """
 
 from __future__ import annotations
@@ -18,18 +23,15 @@ import torch
 from torch.optim.optimizer import Optimizer
 
 from dussss_monai.data.transforms import CONTEXT_IMAGE_KEY, CONTEXT_LABEL_KEY, CROP_BOX_KEY
-from dussss_monai.engines.batches import LabeledBatch, UnlabeledBatch
+from dussss_monai.engines.batches import LabeledBatch, PseudoLabels, UnlabeledBatch
 from dussss_monai.engines.distributed import average_gradients, broadcast_from_rank0
 from dussss_monai.engines.mean_teacher_trainer import MeanTeacherTrainer
 from dussss_monai.errors import ConfigError, DuSSSError
-from dussss_monai.refiner import GroundingTargets, Refinement, VLMPseudoLabelRefiner
+from dussss_monai.losses.grounding import GroundingDecoderLoss
+from dussss_monai.refiner import GroundingTargets, VLMPseudoLabelRefiner
+from dussss_monai.utils.texts import text_list
 
 __all__ = ["DuSSSTrainer"]
-
-
-def _text_list(texts: Any) -> list[str]:
-    """The sentences of a batch as a list of strings (a collated batch of one may hold a bare string)."""
-    return [texts] if isinstance(texts, str) else [str(t) for t in texts]
 
 
 class DuSSSTrainer(MeanTeacherTrainer):
@@ -44,8 +46,10 @@ class DuSSSTrainer(MeanTeacherTrainer):
         device, max_epochs, train_data_loader, network, optimizer, loss_function, unlabeled_data_loader:
             as in :class:`~dussss_monai.engines.MeanTeacherTrainer`; unlabeled batches carry ``text_key``, and so
             do labeled batches when f_g is supervised on them (the refiner's ``grounding_weight > 0``).
-        refiner: the :class:`~dussss_monai.refiner.VLMPseudoLabelRefiner` (frozen VLM + f_g).
+        refiner: the :class:`~dussss_monai.refiner.VLMPseudoLabelRefiner` (frozen VLM + f_g); moved to ``device``.
         decoder_optimizer: f_g's optimiser; required when ``use_tg``.
+        decoder_loss_function: f_g's objective, :class:`~dussss_monai.losses.GroundingDecoderLoss`; required when
+            ``use_tg``. With its ``grounding_weight > 0`` the labeled images are grounded too (``L_ground``).
         use_merged: include ``L_merged`` (ablation switch of the paper).
         use_text_loss: include ``L_text``.
         use_tg: train f_g in stage 2 (off: f_g stays as loaded and the refiner runs in eval mode).
@@ -53,8 +57,8 @@ class DuSSSTrainer(MeanTeacherTrainer):
         kwargs: the other arguments of :class:`~dussss_monai.engines.MeanTeacherTrainer`.
 
     Raises:
-        ConfigError: when both ``use_merged`` and ``use_text_loss`` are off, or ``use_tg`` has no optimiser or
-            f_g no objective (both of the refiner's loss weights 0).
+        ConfigError: when both ``use_merged`` and ``use_text_loss`` are off, or ``use_tg`` has no optimiser or no
+            loss.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class DuSSSTrainer(MeanTeacherTrainer):
         unlabeled_data_loader: Iterable,
         refiner: VLMPseudoLabelRefiner,
         decoder_optimizer: Optimizer | None = None,
+        decoder_loss_function: GroundingDecoderLoss | None = None,
         use_merged: bool = True,
         use_text_loss: bool = True,
         use_tg: bool = True,
@@ -76,24 +81,22 @@ class DuSSSTrainer(MeanTeacherTrainer):
     ) -> None:
         if not (use_merged or use_text_loss):
             raise ConfigError("DuSSSTrainer needs use_merged or use_text_loss (or both) switched on")
-        if use_tg and decoder_optimizer is None:
-            raise ConfigError("DuSSSTrainer: use_tg=True needs a decoder_optimizer (or use_tg=False to keep f_g fixed)")
-        if use_tg and refiner.text_guided_weight == 0 and refiner.grounding_weight == 0:
+        if use_tg and (decoder_optimizer is None or decoder_loss_function is None):
             raise ConfigError(
-                "text_guided_weight and grounding_supervision_weight are both 0: f_g would have no objective "
-                "(set use_text_guided_loss to False to keep f_g as loaded)"
+                "DuSSSTrainer: use_tg=True needs a decoder_optimizer and a decoder_loss_function "
+                "(or use_tg=False to keep f_g fixed)"
             )
         super().__init__(
             device, max_epochs, train_data_loader, network, optimizer, loss_function, unlabeled_data_loader, **kwargs
         )
-        self.refiner = refiner.train(bool(use_tg))
+        self.refiner = refiner.to(device).train(bool(use_tg))
         self.grounding_decoder: torch.nn.Module = refiner.grounding_decoder
         self.use_merged = bool(use_merged)
         self.use_text_loss = bool(use_text_loss)
         self.use_tg = bool(use_tg)
         self.decoder_optimizer = decoder_optimizer if self.use_tg else None
+        self.decoder_loss_function = decoder_loss_function if self.use_tg else None
         self.text_key = text_key
-        self._refinement: Refinement | None = None
         if self.use_tg:
             broadcast_from_rank0(list(self.grounding_decoder.parameters()) + list(self.grounding_decoder.buffers()))
 
@@ -101,7 +104,7 @@ class DuSSSTrainer(MeanTeacherTrainer):
         texts = data.get(self.text_key) if isinstance(data, Mapping) else None
         if texts is None:
             raise DuSSSError(f"DuSSS needs the sentence of every {what} image in the batch (key {self.text_key!r})")
-        return _text_list(texts)
+        return text_list(texts)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.state.device, non_blocking=self.non_blocking)
@@ -110,7 +113,7 @@ class DuSSSTrainer(MeanTeacherTrainer):
         """f_g's supervision: the whole labeled images and masks and the patches' boxes when the batch carries a
         grounding context (patch training; f_g learns on the regions of the patches, as it decodes them for the
         unlabeled images), else the batch itself; ``None`` when f_g is not supervised."""
-        if not (self.use_tg and self.refiner.grounding_weight > 0):
+        if self.decoder_loss_function is None or not self.decoder_loss_function.supervised:
             return None
         texts = self._texts(labeled.data, "labeled")
         data = labeled.data
@@ -121,41 +124,39 @@ class DuSSSTrainer(MeanTeacherTrainer):
             return GroundingTargets(images, masks, texts, boxes)
         return GroundingTargets(labeled.images, labeled.masks, texts)
 
-    def unlabeled_texts(self, unlabeled: UnlabeledBatch) -> list[str]:
-        """The sentences the unlabeled images are grounded with: their own (a control may override this)."""
-        return self._texts(unlabeled.data, "unlabeled")
-
     def pseudo_labels(
         self, unlabeled: UnlabeledBatch, teacher_logits: torch.Tensor, labeled: LabeledBatch
-    ) -> dict[str, torch.Tensor]:
-        """``{"merged": sigmoid(teacher + text logits), "text": sigmoid(text logits)}``, the terms switched on."""
+    ) -> PseudoLabels:
+        """The text-refined targets (``merged``, ``text``: the terms switched on) and, when f_g is trained, its loss."""
         data = unlabeled.data
         images, boxes = unlabeled.images, None
         if isinstance(data, Mapping) and CONTEXT_IMAGE_KEY in data and CROP_BOX_KEY in data:
             images, boxes = self._to_device(data[CONTEXT_IMAGE_KEY]), self._to_device(data[CROP_BOX_KEY])
         self.refiner.train(self.use_tg)
-        self._refinement = self.refiner(
-            images, self.unlabeled_texts(unlabeled), teacher_logits, boxes, self._grounding_targets(labeled)
+        refinement = self.refiner(
+            images, self._texts(data, "unlabeled"), teacher_logits, boxes, self._grounding_targets(labeled)
         )
         targets = {}
         if self.use_merged:
-            targets["merged"] = self._refinement.merged
+            targets["merged"] = refinement.merged
         if self.use_text_loss:
-            targets["text"] = self._refinement.text_mask
-        return targets
-
-    def auxiliary_terms(self) -> dict[str, torch.Tensor]:
-        """f_g's loss terms of this iteration (``loss_tg``, ``loss_ground``)."""
-        return {} if self._refinement is None else dict(self._refinement.terms)
+            targets["text"] = refinement.text_mask
+        if self.decoder_loss_function is None:
+            return PseudoLabels(targets)
+        grounding = refinement.grounding
+        decoder_loss, terms = self.decoder_loss_function(
+            grounding.pixel_features,
+            grounding.feature_logits,
+            grounding.text_embed,
+            refinement.texts,
+            refinement.labeled_logits,
+            refinement.labeled_masks,
+        )
+        return PseudoLabels(targets, losses={"decoder": decoder_loss}, terms=terms)
 
     def optimizers(self) -> list[Optimizer]:
         """The student's optimiser and, when f_g is trained, f_g's."""
         return super().optimizers() + ([self.decoder_optimizer] if self.decoder_optimizer is not None else [])
-
-    def objectives(self, loss: torch.Tensor) -> list[torch.Tensor]:
-        """The student's ``loss`` and f_g's objective (when f_g is trained)."""
-        decoder_loss = None if self._refinement is None else self._refinement.decoder_loss
-        return super().objectives(loss) + ([decoder_loss] if decoder_loss is not None else [])
 
     def before_optimizer_step(self) -> None:
         """Average f_g's gradients across ranks (f_g is not wrapped in DistributedDataParallel)."""

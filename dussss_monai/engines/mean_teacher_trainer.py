@@ -11,11 +11,12 @@ One iteration takes a labeled batch (Ignite's data, as in MONAI's ``SupervisedTr
 - ``total  = L_sup + w(t) * L_semi``; the student's optimiser steps on ``total``, then the teacher follows the
   student by EMA.
 
-Two hooks are meant to be overridden: :meth:`MeanTeacherTrainer.student_view` (what the student sees of the
-unlabeled batch, and how each pseudo label is carried over to it) and :meth:`MeanTeacherTrainer.pseudo_labels`
-(the targets computed from the teacher's output; :class:`~dussss_monai.engines.DuSSSTrainer` refines them with
-the text). A subclass that trains another network as well adds its loss and optimiser through
-:meth:`MeanTeacherTrainer.objectives` and :meth:`MeanTeacherTrainer.optimizers`.
+Two hooks are meant to be overridden, and each returns what it computes: :meth:`MeanTeacherTrainer.student_view`
+(what the student sees of the unlabeled batch, and how each pseudo label is carried over to it) and
+:meth:`MeanTeacherTrainer.pseudo_labels` (a :class:`~dussss_monai.engines.PseudoLabels`: the targets computed from
+the teacher's output, and the losses of any other network trained in the same step;
+:class:`~dussss_monai.engines.DuSSSTrainer` refines the targets with the text and returns f_g's loss). A subclass
+that trains another network adds its optimiser through :meth:`MeanTeacherTrainer.optimizers`.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ from monai.inferers import Inferer
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
-from dussss_monai.engines.batches import LabeledBatch, StudentView, UnlabeledBatch
+from dussss_monai.engines.batches import LabeledBatch, PseudoLabels, StudentView, UnlabeledBatch
 from dussss_monai.engines.distributed import broadcast_from_rank0, unwrap_network
-from dussss_monai.engines.ema import ema_decay as teacher_ema_decay
 from dussss_monai.engines.schedules import ConsistencyWeight
+from dussss_monai.engines.schedules import ema_decay as teacher_ema_decay
 from dussss_monai.engines.unlabeled_stream import UnlabeledStream, loader_length
 from dussss_monai.errors import ConfigError, DuSSSError
-from dussss_monai.handlers.nonfinite import check_finite_losses
 from dussss_monai.utils.ema import ema_update
+from dussss_monai.utils.finite import check_finite_losses
 
 __all__ = ["MeanTeacherTrainer"]
 
@@ -195,21 +196,13 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
     def pseudo_labels(
         self, unlabeled: UnlabeledBatch, teacher_logits: torch.Tensor, labeled: LabeledBatch
-    ) -> dict[str, torch.Tensor]:
-        """The consistency targets, by name (probabilities of the teacher's view): ``{"teacher": sigmoid(t)}``."""
-        return {"teacher": torch.sigmoid(teacher_logits)}
-
-    def auxiliary_terms(self) -> dict[str, torch.Tensor]:
-        """Other losses of this iteration, computed by the hooks, to check and log (none here)."""
-        return {}
+    ) -> PseudoLabels:
+        """The consistency target: the probabilities of the teacher's view, ``{"teacher": sigmoid(t)}``."""
+        return PseudoLabels({"teacher": torch.sigmoid(teacher_logits)})
 
     def optimizers(self) -> list[Optimizer]:
         """The optimisers that step every iteration: the student's."""
         return [self.optimizer]
-
-    def objectives(self, loss: torch.Tensor) -> list[torch.Tensor]:
-        """The losses to back-propagate this iteration: the student's total ``loss``."""
-        return [loss]
 
     def before_optimizer_step(self) -> None:
         """Called after the backward passes and before the optimisers step (nothing to do here)."""
@@ -252,8 +245,8 @@ class MeanTeacherTrainer(SupervisedTrainer):
         Returns:
             ``engine.state.output``: ``image``, ``label``, ``pred`` (labeled batch), ``loss`` (total), ``loss_sup``,
             ``loss_semi``, ``loss_fp`` (the feature-perturbed terms, with a ``feature_perturbation``), ``weight``
-            (``w(t)``), the terms of :meth:`pseudo_labels` as ``loss_<name>`` when there
-            are several, and ``fg_fraction_<name>`` of each target.
+            (``w(t)``), the consistency term of each target of :meth:`pseudo_labels` as ``loss_<name>`` when there
+            are several, the hook's own ``terms``, and ``fg_fraction_<name>`` of each target.
 
         Raises:
             ValueError: when ``batchdata`` is None.
@@ -288,27 +281,27 @@ class MeanTeacherTrainer(SupervisedTrainer):
                 teacher_logits = engine.teacher_inferer(unlabeled.images, engine.teacher).float()
             pseudo = engine.pseudo_labels(unlabeled, teacher_logits, labeled)
             semi = []
-            for name, probabilities in pseudo.items():
+            for name, probabilities in pseudo.targets.items():
                 term, target = engine._consistency(student_u, view.carry(probabilities), view.weight)
                 engine.state.output[f"fg_fraction_{name}"] = target.detach().float().mean()
-                if len(pseudo) > 1:
+                if len(pseudo.targets) > 1:
                     terms[f"loss_{name}"] = term
                 semi.append(term)
             terms["loss_semi"] = torch.stack(semi).mean()
             if engine.feature_perturbation is not None:
                 perturb = engine.feature_perturbation
                 perturbed = engine.inferer(unlabeled.images, lambda x: perturb(engine.network, x))
-                fp = [engine._consistency(perturbed, probabilities)[0] for probabilities in pseudo.values()]
+                fp = [engine._consistency(perturbed, probabilities)[0] for probabilities in pseudo.targets.values()]
                 terms["loss_fp"] = torch.stack(fp).mean()
                 terms["loss_semi"] = (terms["loss_semi"] + terms["loss_fp"]) / 2
             loss = terms["loss_sup"] + weight * terms["loss_semi"]
-            terms.update(engine.auxiliary_terms())
+            terms.update(pseudo.terms)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         check_finite_losses({"loss": loss, **terms}, engine.state.iteration, engine.state.epoch)
 
         scaler = engine.scaler if use_amp else None
-        for objective in engine.objectives(loss):
+        for objective in (loss, *pseudo.losses.values()):
             (scaler.scale(objective) if scaler is not None else objective).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.before_optimizer_step()

@@ -1,4 +1,6 @@
-"""Ramp-up of the consistency weight ``w(t)`` in ``total = L_sup + w(t) * L_semi`` (``docs/method.md``, "Pseudo labels and losses").
+"""Schedules of the stage-2 trainers: the ramp-up of the consistency weight ``w(t)`` in
+``total = L_sup + w(t) * L_semi`` (``docs/method.md``, "Pseudo labels and losses") and the warm-up of the teacher's
+EMA decay (:func:`ema_decay`; the update itself is :func:`dussss_monai.utils.ema.ema_update`).
 
 The paper states no weight and no ramp-up. We use the sigmoid-shaped ramp-up of Laine & Aila (temporal
 ensembling, ICLR 2017), also used by Tarvainen & Valpola's mean teacher: ``exp(-5 (1 - t)^2)`` with
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["sigmoid_rampup", "ConsistencyWeight"]
+from dussss_monai.errors import ConfigError
+
+__all__ = ["sigmoid_rampup", "ConsistencyWeight", "ema_decay"]
 
 
 def sigmoid_rampup(step: float, rampup_steps: float) -> float:
@@ -59,3 +63,28 @@ class ConsistencyWeight:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_weight={self.max_weight}, rampup_steps={self.rampup_steps})"
+
+
+def ema_decay(step: int, max_decay: float = 0.99) -> float:
+    """Mean-teacher decay at a 0-based global step: ``min(1 - 1 / (step + 1), max_decay)``.
+
+    The paper gives no ``alpha``; this is the schedule of the authors' code (``max_decay = 0.99``) and of
+    Tarvainen & Valpola's mean teacher. At step 0 the decay is 0, so the first update copies the student
+    into the teacher; early on the teacher is the running *mean* of the student weights seen so far
+    (decay ``1 - 1/(t+1)``) and from step ``1 / (1 - max_decay) - 1`` on a fixed-rate EMA with ``max_decay``.
+
+    Args:
+        step: 0-based number of optimiser steps taken before this update.
+        max_decay: upper bound ``alpha`` in ``[0, 1]``.
+
+    Returns:
+        the decay in ``[0, max_decay]``.
+
+    Raises:
+        ConfigError: when ``step < 0`` or ``max_decay`` is outside ``[0, 1]``.
+    """
+    if step < 0:
+        raise ConfigError(f"ema_decay: step must be >= 0, got {step}")
+    if not 0.0 <= max_decay <= 1.0:
+        raise ConfigError(f"ema_decay: max_decay must be in [0, 1], got {max_decay}")
+    return min(1.0 - 1.0 / (step + 1.0), float(max_decay))

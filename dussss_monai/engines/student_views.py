@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from dussss_monai.engines.batches import LabeledBatch, StudentView, UnlabeledBatch
-from dussss_monai.engines.cutmix import draw_cutmix
+from dussss_monai.engines.cutmix import box_mask, draw_cutmix
 from dussss_monai.errors import ConfigError
 
 __all__ = ["CutMix", "CopyPaste", "centre_boxes"]
@@ -56,10 +56,7 @@ def centre_boxes(
     box_h, box_w = max(1, round(side_fraction * height)), max(1, round(side_fraction * width))
     top = torch.randint(0, height - box_h + 1, (batch_size,))
     left = torch.randint(0, width - box_w + 1, (batch_size,))
-    rows, cols = torch.arange(height), torch.arange(width)
-    inside_y = (rows[None] >= top[:, None]) & (rows[None] < (top + box_h)[:, None])
-    inside_x = (cols[None] >= left[:, None]) & (cols[None] < (left + box_w)[:, None])
-    mask = (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
+    mask = box_mask(torch.arange(height), torch.arange(width), top, left, box_h, box_w)
     return mask if device is None else mask.to(device)
 
 

@@ -8,7 +8,7 @@ so bundle configs use the usual ``StatsHandler``, ``TensorBoardStatsHandler``, `
 ``ValidationHandler``.
 
 :class:`VLMEvaluator` encodes validation images and texts with the online encoders and feeds
-:class:`~dussss_monai.handlers.retrieval.RetrievalRecall` (key metric ``"recall_at_1"``, the mean of
+:class:`~dussss_monai.metrics.RetrievalRecall` (key metric ``"recall_at_1"``, the mean of
 image->text and text->image recall@1).
 """
 
@@ -28,9 +28,10 @@ from torch.optim import Optimizer
 
 from dussss_monai.data.text_augmentation import TextAugmenter
 from dussss_monai.errors import ConfigError
-from dussss_monai.handlers.retrieval import RetrievalRecall
 from dussss_monai.losses.dual_contrastive import DualContrastiveLoss
+from dussss_monai.metrics.retrieval import RetrievalRecall
 from dussss_monai.networks.vlm import DuSSSVisionLanguageModel
+from dussss_monai.utils.texts import text_list
 
 __all__ = ["VLMPretrainer", "VLMEvaluator", "PRETRAIN_OUTPUT_KEYS"]
 
@@ -41,9 +42,11 @@ PRETRAIN_OUTPUT_KEYS = ("loss", "temperature")
 def _texts_of(batch: Any, key: str, n: int) -> list[str]:
     if key not in batch:
         raise ConfigError(f"the batch has no {key!r} entry (keys: {sorted(batch)})")
-    texts = batch[key]
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if len(texts) != n or not all(isinstance(t, str) for t in texts):
+    raw = batch[key]
+    if not isinstance(raw, str) and not all(isinstance(t, str) for t in raw):
+        raise ConfigError(f"batch[{key!r}] must be {n} strings (one per image), got {type(raw).__name__}")
+    texts = text_list(raw)
+    if len(texts) != n:
         raise ConfigError(f"batch[{key!r}] must be {n} strings (one per image), got {len(texts)} items")
     return texts
 

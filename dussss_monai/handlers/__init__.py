@@ -1,10 +1,10 @@
-"""Ignite handlers: retrieval recall metric, safe checkpoint loading, non-finite loss guard, progress line, reports."""
+"""Ignite handlers attached to engines by the configs: checkpoints, the non-finite loss guard, the progress line,
+the evaluation report and the mask writer."""
 
 from dussss_monai.handlers.checkpoint import AtomicCheckpointSaver, AtomicDiskSaver, SafeCheckpointLoader, save_atomic
 from dussss_monai.handlers.mask_writer import MaskWriter
-from dussss_monai.handlers.nonfinite import NonFiniteLossGuard, check_finite_losses
+from dussss_monai.handlers.nonfinite import NonFiniteLossGuard
 from dussss_monai.handlers.progress import EpochProgress
-from dussss_monai.handlers.retrieval import RetrievalRecall, retrieval_chance, retrieval_recall
 from dussss_monai.handlers.segmentation_report import SegmentationReport
 
 __all__ = [
@@ -13,11 +13,7 @@ __all__ = [
     "EpochProgress",
     "MaskWriter",
     "NonFiniteLossGuard",
-    "RetrievalRecall",
     "SafeCheckpointLoader",
     "SegmentationReport",
-    "check_finite_losses",
-    "retrieval_chance",
-    "retrieval_recall",
     "save_atomic",
 ]

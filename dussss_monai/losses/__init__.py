@@ -1,7 +1,9 @@
-"""Losses: semantic similarity supervision, dual contrastive, text-guided, segmentation and consistency losses."""
+"""Losses: semantic similarity supervision, dual contrastive, text-guided, f_g's objective, segmentation and
+consistency losses."""
 
 from dussss_monai.losses.consistency import ProbabilityMSELoss
 from dussss_monai.losses.dual_contrastive import DualContrastiveLoss, positive_targets, soft_info_nce
+from dussss_monai.losses.grounding import GroundingDecoderLoss
 from dussss_monai.losses.segmentation import SegmentationLoss, class_balanced_bce_with_logits
 from dussss_monai.losses.semantic_similarity import (
     SemanticSimilarity,
@@ -12,6 +14,7 @@ from dussss_monai.losses.text_guided import TextGuidedLoss, mask_pool
 
 __all__ = [
     "DualContrastiveLoss",
+    "GroundingDecoderLoss",
     "ProbabilityMSELoss",
     "SegmentationLoss",
     "SemanticSimilarity",

@@ -1,7 +1,7 @@
 """Exponential moving average (EMA) of module weights.
 
 One generic update is shared by the stage-1 momentum encoders (:mod:`dussss_monai.networks.vlm`) and the
-stage-2 mean teacher (:mod:`dussss_monai.engines.ema`), so that both follow exactly
+stage-2 mean teacher (:func:`dussss_monai.engines.schedules.ema_decay` gives its warm-up), so that both follow exactly
 
     theta_target <- decay * theta_target + (1 - decay) * theta_source
 

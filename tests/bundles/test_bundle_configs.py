@@ -1,6 +1,6 @@
-"""The MoNuSeg and BM-Seg configs are the QaTa-COV19 ones with the dataset's values, and within a bundle the VLM and
-the student network are copied from the file that defines them (bundles/make_bundle_configs.py); every bundle's
-configs agree with its metadata."""
+"""Every bundle's configs are the neutral template with the bundle's own values (bundles/make_bundle_configs.py);
+within a bundle the VLM and the student network are copied from the file that defines them; a method is one config
+layer, with no conditional on a method's name anywhere; every bundle's configs agree with its metadata."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = REPO_ROOT / "bundles"
 ALL = ("dussss_qata_cov19", "dussss_monuseg", "dussss_bmseg")
-FILES = ("pretrain.json", "train.json", "multi_gpu_train.json", "evaluate.json", "inference.json")
+FILES = (
+    "pretrain.json",
+    "train.json",
+    "mean_teacher.json",
+    "supervised.json",
+    "multi_gpu_train.json",
+    "evaluate.json",
+    "inference.json",
+)
+#: the workflows that run alone (the others are layers over train.json)
+WORKFLOWS = ("pretrain.json", "train.json", "inference.json")
 
 
 def _generator():
@@ -30,7 +40,7 @@ def _load(bundle: str, name: str) -> dict:
 @pytest.mark.parametrize("bundle", ALL)
 def test_committed_configs_equal_generator_output(bundle):
     gen = _generator()
-    for name, config in gen.derived_configs(bundle).items():
+    for name, config in gen.bundle_configs(bundle).items():
         path = BUNDLES / bundle / "configs" / name
         assert path.read_text() == gen.render(config), f"{path} is stale: run python bundles/make_bundle_configs.py"
 
@@ -63,18 +73,56 @@ def test_dataset_values(bundle, dataset_dir, channels, lr, batch, stage1_lr):
         assert _load(bundle, name)["dataset_dir"] == dataset_dir
     assert _load(bundle, "inference.json")["in_channels"] == channels
     assert train["text_encoder"] is None and pretrain["text_encoder"] is None  # offline default
-    # apart from the values the generator sets for this bundle, train.json is QaTa's
-    qata = _load("dussss_qata_cov19", "train.json")
-    differ = {k for k in qata if qata[k] != train[k]}
-    gen = _generator()
-    spec = gen.BUNDLES[bundle]
-    overridden = {k.split("#")[0] for k in {**spec["common"], **spec["train"], **spec.get("pretrain", {})}}
-    assert differ <= overridden  # (pretrain.json's values reach train.json through the copied VLM keys)
-    assert differ - set(gen.VLM_KEYS) <= {k.split("#")[0] for k in {**spec["common"], **spec["train"]}}
     # QaTa's sentences name the lung side and zone, so its bundle does not flip; the others keep the paper's flips
+    qata = _load("dussss_qata_cov19", "train.json")
     assert (qata["augment_flip"], qata["augment_rot90"]) == (False, False)
     assert (train["augment_flip"], train["augment_rot90"]) == (True, True)
-    assert _load(bundle, "multi_gpu_train.json") == _load("dussss_qata_cov19", "multi_gpu_train.json")
+
+
+@pytest.mark.parametrize("bundle", ALL)
+def test_a_bundle_is_the_template_with_its_own_values_only(bundle):
+    gen = _generator()
+    spec = gen.BUNDLES[bundle]
+    for name in FILES:
+        template = json.loads((BUNDLES / "template" / "configs" / name).read_text())
+        config = _load(bundle, name)
+        own = {k.split("#")[0] for k in {**spec.get("common", {}), **spec.get(name, {})}}
+        copied = (
+            set(gen.VLM_KEYS) if name == "train.json" else set(gen.NETWORK_KEYS) if name == "inference.json" else set()
+        )
+        differ = {k for k in set(template) | set(config) if template.get(k) != config.get(k)}
+        assert differ <= own | copied, f"{bundle}/{name}: {sorted(differ - own - copied)} differ from the template"
+
+
+def test_only_histology_carries_stain_settings():
+    stain = {"stain_jitter", "stain_transfer_prob", "strong_stain_jitter", "strong_stain_transfer_prob"}
+    assert stain <= set(_load("dussss_monuseg", "train.json"))
+    for bundle in ("dussss_qata_cov19", "dussss_bmseg"):
+        assert not stain & set(_load(bundle, "train.json")), bundle
+
+
+@pytest.mark.parametrize("bundle", ALL)
+def test_no_config_compares_the_method_by_name(bundle):
+    """A method is one place: its trainer class and its layer (train.json trains DuSSS)."""
+    for name in FILES:
+        assert "@method ==" not in (BUNDLES / bundle / "configs" / name).read_text()
+        assert "@method !=" not in (BUNDLES / bundle / "configs" / name).read_text()
+    trainers = {
+        name: _load(bundle, name)["train#trainer"]["_target_"] for name in ("mean_teacher.json", "supervised.json")
+    }
+    assert trainers == {
+        "mean_teacher.json": "dussss_monai.engines.MeanTeacherTrainer",
+        "supervised.json": "SupervisedTrainer",
+    }
+    assert _load(bundle, "train.json")["train"]["trainer"]["_target_"] == "dussss_monai.engines.DuSSSTrainer"
+
+
+def test_train_json_holds_small_expressions_only():
+    """Components are built by ``_target_`` with named arguments; ``$`` expressions are small (docs/architecture.md)."""
+    text = (BUNDLES / "dussss_monuseg" / "configs" / "train.json").read_text()
+    expressions = [line.strip() for line in text.splitlines() if '"$' in line]
+    assert len(expressions) <= 36, len(expressions)  # 9 of them the workflow steps (initialize, training, run)
+    assert max(len(e) for e in expressions) < 200
 
 
 @pytest.mark.parametrize("bundle", ALL)
@@ -98,7 +146,7 @@ def test_configs_agree_with_metadata(bundle):
     assert (BUNDLES / bundle / "LICENSE").read_text() == (BUNDLES / ALL[0] / "LICENSE").read_text()
 
 
-@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("name", [*WORKFLOWS, "evaluate.json", "multi_gpu_train.json"])
 def test_every_workflow_checks_its_command_line_first(name):
     """`--key None` is dropped by monai.bundle; every workflow refuses it (and installs the hook that ends a failed
     run on our message) before doing anything else."""
@@ -128,7 +176,7 @@ def test_stage2_defaults_are_soft_pseudo_labels_with_the_squared_error_consisten
     train = _load(bundle, "train.json")
     assert train["pseudo_label_threshold"] is None
     assert train["consistency_loss"] == {"_target_": "dussss_monai.losses.ProbabilityMSELoss"}
-    assert train["train"]["teacher_args"]["consistency_loss_function"] == "@consistency_loss"
+    assert train["train"]["trainer"]["consistency_loss_function"] == "@consistency_loss"
 
 
 @pytest.mark.parametrize("bundle", ALL)
@@ -138,7 +186,7 @@ def test_feature_dropout_is_off_by_default_and_builds_the_perturbation_when_set(
     from dussss_monai.engines import FeatureDropout
 
     parser = ConfigParser(_load(bundle, "train.json"))
-    key = "train#teacher_args#feature_perturbation"
+    key = "train#trainer#feature_perturbation"
     assert parser.get_parsed_content(key) is None  # the default: no feature-perturbed stream
     parser = ConfigParser(_load(bundle, "train.json"))
     parser["feature_dropout"] = 0.5
@@ -146,15 +194,15 @@ def test_feature_dropout_is_off_by_default_and_builds_the_perturbation_when_set(
     assert isinstance(built, FeatureDropout) and built.p == 0.5
 
 
-@pytest.mark.parametrize("method, override, expected", [
-    ("mean_teacher", None, 0.95), ("dussss", None, 0.99), ("mean_teacher", 0.9, 0.9), ("dussss", 0.9, 0.9),
+@pytest.mark.parametrize("layers, override, expected", [
+    (["mean_teacher.json"], None, 0.95), ([], None, 0.99), (["mean_teacher.json"], 0.9, 0.9), ([], 0.9, 0.9),
 ])  # fmt: skip
-def test_monuseg_teacher_ema_is_the_validated_one_of_each_method(method, override, expected):
+def test_monuseg_teacher_ema_is_the_validated_one_of_each_method(layers, override, expected):
     """docs/results.md: EMA 0.95 is ahead of 0.99 for the mean teacher on MoNuSeg, level for DuSSS; a given value wins."""
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser(_load("dussss_monuseg", "train.json"))
-    parser["method"] = method
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / "dussss_monuseg" / "configs" / n) for n in ["train.json", *layers]])
     if override is not None:
         parser["ema_decay"] = override
-    assert parser.get_parsed_content("train#teacher_args#ema_decay") == expected
+    assert parser.get_parsed_content("train#trainer#ema_decay") == expected

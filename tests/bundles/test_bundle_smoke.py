@@ -125,12 +125,11 @@ def test_monuseg_real_data_one_tiny_epoch(monuseg_dir, tmp_path):
     _ok(
         run_bundle_cli(
             "training",
-            configs / "train.json",
+            [configs / "train.json", configs / "supervised.json"],
             {
                 "dataset_dir": str(monuseg_dir),
                 "bundle_root": str(root),
                 "max_epochs": "1",
-                "method": "supervised",
                 "patch_size": "64",
                 "epoch_length": "2",
                 "num_workers": "0",
@@ -223,12 +222,11 @@ def test_monuseg_real_data_patch_mode_one_tiny_epoch(monuseg_dir, tmp_path):
     _ok(
         run_bundle_cli(
             "training",
-            configs / "train.json",
+            [configs / "train.json", configs / "supervised.json"],
             {
                 "dataset_dir": str(monuseg_dir),
                 "bundle_root": str(root),
                 "max_epochs": "1",
-                "method": "supervised",
                 "stain_transfer_prob": "0.5",
                 "patch_size": "128",
                 "score_size": "64",

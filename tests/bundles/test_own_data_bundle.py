@@ -17,6 +17,7 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "bundles" / "dussss_qata_cov19" / "configs"
+MEAN_TEACHER = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'mean_teacher.json'}']"
 SMALL = {"image_size": "32", "unet_channels": "[4,8]", "unet_strides": "[2]", "batch_size": "2", "num_workers": "0"}
 
 pytestmark = pytest.mark.slow
@@ -64,8 +65,7 @@ def test_a_labs_own_data_trains_evaluates_and_segments_with_documented_commands(
         "--image_dir", "lab/images", "--mask_dir", "lab/masks", "--bundle_root", "work",
     ]  # fmt: skip
     small = [a for k, v in SMALL.items() for a in (f"--{k}", v)]
-    train = dussss("run", "training", "--config_file", str(CONFIGS / "train.json"), *data, "--method", "mean_teacher",
-                   "--max_epochs", "2", *small, cwd=tmp_path)  # fmt: skip
+    train = dussss("run", "training", "--config_file", MEAN_TEACHER, *data, "--max_epochs", "2", *small, cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     run = tmp_path / "work" / "runs" / "mean_teacher_given_seed0"
     # every mask-less image is used: 3 masks (1 held out for validation, 2 labeled), 9 unlabeled; printed and recorded
@@ -94,11 +94,10 @@ def test_a_labs_own_data_trains_evaluates_and_segments_with_documented_commands(
     assert [np.asarray(Image.open(tmp_path / "masks" / f"new_{i}_mask.png")).shape for i in range(2)] == [(50, 30)] * 2
 
     # the second day: the same command again is refused (the run is kept), a resume with another learning rate too
-    again = dussss("run", "training", "--config_file", str(CONFIGS / "train.json"), *data, "--method", "mean_teacher",
-                   "--max_epochs", "2", *small, cwd=tmp_path)  # fmt: skip
+    again = dussss("run", "training", "--config_file", MEAN_TEACHER, *data, "--max_epochs", "2", *small, cwd=tmp_path)
     assert again.returncode == 1 and "already holds the run started" in last_line(again)
-    changed = dussss("run", "training", "--config_file", str(CONFIGS / "train.json"), *data, "--method", "mean_teacher",
-                     "--max_epochs", "3", *small, "--resume", "True", "--learning_rate", "0.01", cwd=tmp_path)  # fmt: skip
+    changed = dussss("run", "training", "--config_file", MEAN_TEACHER, *data, "--max_epochs", "3", *small,
+                     "--resume", "True", "--learning_rate", "0.01", cwd=tmp_path)  # fmt: skip
     assert changed.returncode == 1
     assert "learning_rate: 0.0003 in the run, 0.01 now" in last_line(changed)
     # a typo in a setting ends on our line, and leaves nothing behind

@@ -48,7 +48,7 @@ def test_unknown_settings_are_named_with_the_nearest_known_one():
         ("max_epochs", -1, "--max_epochs -1: must be an integer >= 1"),
         ("batch_size", 0, "--batch_size 0: must be an integer >= 1"),
         ("labeled_ratio", 1.5, "--labeled_ratio 1.5: must be a number > 0 and <= 1"),
-        ("method", "dusss", "--method 'dusss': must be one of dussss, mean_teacher, supervised"),
+        ("perturbation", "mixup", "--perturbation 'mixup': must be one of none, cutmix, copy_paste"),
         ("resume", "yes", "--resume 'yes': must be True or False, not text"),
         ("unet_channels", [16, -2], "--unet_channels [16, -2]: must be a list of positive integers"),
     ],
@@ -57,6 +57,12 @@ def test_types_and_ranges_are_checked(key, value, words):
     with pytest.raises(ConfigError) as e:
         check_settings({key: value})
     assert words in str(e.value)
+
+
+def test_the_method_is_a_config_layer_not_a_setting():
+    with pytest.raises(ConfigError, match=r"--method: the method is chosen by its config layer.*mean_teacher\.json"):
+        check_settings({"method": "dussss"}, overrides=["method"])
+    check_settings({"method": "mean_teacher"})  # set by the layer, not on the command line
 
 
 def test_expressions_and_good_values_pass():

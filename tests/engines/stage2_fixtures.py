@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dussss_monai.engines import DuSSSTrainer, MeanTeacherTrainer
+from dussss_monai.losses.grounding import GroundingDecoderLoss
 from dussss_monai.losses.segmentation import SegmentationLoss
 from dussss_monai.networks.grounding_decoder import GroundingDecoder
 from dussss_monai.refiner import VLMPseudoLabelRefiner
@@ -55,10 +56,14 @@ def tiny_unet() -> UNet:
     return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=(8, 16, 32), strides=(2, 2))
 
 
-def make_refiner(text_guided_weight: float = 1.0, grounding_supervision_weight: float = 0.0) -> VLMPseudoLabelRefiner:
-    return VLMPseudoLabelRefiner(
-        FakeVLM(),
-        GroundingDecoder(12, 8, hidden_channels=8),
+def make_refiner() -> VLMPseudoLabelRefiner:
+    return VLMPseudoLabelRefiner(FakeVLM(), GroundingDecoder(12, 8, hidden_channels=8))
+
+
+def make_decoder_loss(
+    text_guided_weight: float = 1.0, grounding_supervision_weight: float = 0.0
+) -> GroundingDecoderLoss:
+    return GroundingDecoderLoss(
         text_guided_weight=text_guided_weight,
         grounding_loss=SegmentationLoss(),
         grounding_weight=grounding_supervision_weight,
@@ -96,10 +101,16 @@ def make_trainer(
     kw.setdefault("consistency_weight", 1.0)
     if method == "mean_teacher":
         return MeanTeacherTrainer(**common, unlabeled_data_loader=unlabeled_loader, **kw)
-    refiner = make_refiner(**{k: kw.pop(k) for k in REFINER_ARGS if k in kw})
+    refiner = make_refiner()
+    decoder_loss = make_decoder_loss(**{k: kw.pop(k) for k in REFINER_ARGS if k in kw})
     decoder_opt = torch.optim.Adam(refiner.grounding_decoder.parameters(), lr=decoder_lr)
     return DuSSSTrainer(
-        **common, unlabeled_data_loader=unlabeled_loader, refiner=refiner, decoder_optimizer=decoder_opt, **kw
+        **common,
+        unlabeled_data_loader=unlabeled_loader,
+        refiner=refiner,
+        decoder_optimizer=decoder_opt,
+        decoder_loss_function=decoder_loss,
+        **kw,
     )
 
 

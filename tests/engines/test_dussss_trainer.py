@@ -23,9 +23,9 @@ from dussss_monai.engines import CutMix
 from dussss_monai.engines.schedules import ConsistencyWeight, sigmoid_rampup
 from dussss_monai.errors import ConfigError, DuSSSError
 from dussss_monai.handlers.checkpoint import AtomicCheckpointSaver, SafeCheckpointLoader
+from dussss_monai.losses.grounding import GroundingDecoderLoss
 from dussss_monai.losses.segmentation import SegmentationLoss
 from dussss_monai.losses.text_guided import TextGuidedLoss
-from dussss_monai.refiner import VLMPseudoLabelRefiner
 from dussss_monai.utils.io import safe_torch_load
 
 
@@ -226,17 +226,18 @@ def test_grounding_supervision_trains_f_g_and_never_the_student():
     assert any(not torch.equal(moved_plain[k], moved_sup[k]) for k in dec0), "L_ground must change f_g's step"
 
 
-def test_refiner_weights_are_checked():
-    with pytest.raises(ValueError, match="grounding_weight"):
+def test_f_g_loss_weights_and_switches_are_checked():
+    with pytest.raises(ValueError, match="grounding_weight=-1.0"):
         make_trainer("dussss", grounding_supervision_weight=-1.0)
-    with pytest.raises(ValueError, match="text_guided_weight"):
+    with pytest.raises(ValueError, match="text_guided_weight=-0.1"):
         make_trainer("dussss", text_guided_weight=-0.1)
     with pytest.raises(ValueError, match="grounding_loss"):
-        VLMPseudoLabelRefiner(torch.nn.Identity(), torch.nn.Identity(), grounding_weight=1.0)
-    with pytest.raises(ConfigError, match="no objective"):
+        GroundingDecoderLoss(grounding_weight=1.0)
+    with pytest.raises(ValueError, match="no objective"):
         make_trainer("dussss", text_guided_weight=0.0)
-    # with f_g frozen (use_tg off) a zero weight is fine
-    assert make_trainer("dussss", use_tg=False, text_guided_weight=0.0).decoder_optimizer is None
+    frozen = make_trainer("dussss", use_tg=False)  # f_g kept as loaded: no optimiser, no loss
+    assert frozen.decoder_optimizer is None and frozen.decoder_loss_function is None
+    assert frozen.optimizers() == [frozen.optimizer]
     with pytest.raises(ConfigError, match="use_merged or use_text_loss"):
         make_trainer("dussss", use_merged=False, use_text_loss=False)
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from dussss_monai.engines.ema import ema_decay, ema_update
+from dussss_monai.engines.schedules import ema_decay
 from dussss_monai.errors import ConfigError
+from dussss_monai.utils.ema import ema_update
 
 
 def pair():

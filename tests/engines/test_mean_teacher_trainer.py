@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from dussss_monai.bundle import checkpoint_objects
-from dussss_monai.engines import MeanTeacherTrainer
+from dussss_monai.engines import MeanTeacherTrainer, PseudoLabels
 from dussss_monai.engines.schedules import ConsistencyWeight, sigmoid_rampup
 from dussss_monai.errors import CheckpointError, ConfigError
 from dussss_monai.handlers.checkpoint import SafeCheckpointLoader
@@ -290,7 +290,7 @@ def test_hooks_are_the_only_method_specific_parts():
 
     class ZeroTargets(MeanTeacherTrainer):
         def pseudo_labels(self, unlabeled, teacher_logits, labeled):
-            return {"zero": torch.zeros_like(teacher_logits)}
+            return PseudoLabels({"zero": torch.zeros_like(teacher_logits)})
 
     recording = RecordingLoss()
     torch.manual_seed(0)

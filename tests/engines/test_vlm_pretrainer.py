@@ -30,8 +30,8 @@ from monai.handlers import CheckpointSaver, StatsHandler, ValidationHandler
 from dussss_monai.data.text_augmentation import TextAugmenter
 from dussss_monai.engines.vlm_pretrainer import VLMEvaluator, VLMPretrainer
 from dussss_monai.errors import ConfigError
-from dussss_monai.handlers.retrieval import RetrievalRecall, retrieval_chance, retrieval_recall
 from dussss_monai.losses.dual_contrastive import DualContrastiveLoss
+from dussss_monai.metrics.retrieval import RetrievalRecall, retrieval_chance, retrieval_recall
 from dussss_monai.networks.image_encoder import ViTImageEncoder
 from dussss_monai.networks.text_encoder import HFTextEncoder
 from dussss_monai.networks.vlm import DuSSSVisionLanguageModel

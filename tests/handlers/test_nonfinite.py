@@ -9,7 +9,8 @@ from monai.engines import SupervisedTrainer
 from torch import nn
 
 from dussss_monai.errors import DuSSSError
-from dussss_monai.handlers.nonfinite import NonFiniteLossGuard, check_finite_losses
+from dussss_monai.handlers.nonfinite import NonFiniteLossGuard
+from dussss_monai.utils.finite import check_finite_losses
 
 
 def test_check_finite_losses_names_iteration_and_terms():

@@ -29,6 +29,7 @@ import torch
 from ignite.metrics import Metric
 
 from dussss_monai.errors import ConfigError
+from dussss_monai.utils.texts import text_list
 
 __all__ = ["retrieval_recall", "retrieval_chance", "RetrievalRecall", "RETRIEVAL_DIRECTIONS"]
 
@@ -174,8 +175,7 @@ class RetrievalRecall(Metric):
             if missing:
                 raise ConfigError(f"RetrievalRecall output is missing {missing} (has {sorted(output)})")
             img, txt = output[self.image_key], output[self.text_embed_key]
-            texts = output[self.text_key]
-            texts = [texts] if isinstance(texts, str) else list(texts)
+            texts = text_list(output[self.text_key])
         else:
             raise ConfigError(f"RetrievalRecall expects a mapping or a list of mappings, got {type(output).__name__}")
         if img.ndim != 2 or txt.shape != img.shape or len(texts) != img.shape[0]:
