@@ -63,6 +63,8 @@ __all__ = [
     "DemoSample",
     "render_sample",
     "describe",
+    "number_word",
+    "NO_INFECTION",
     "generate_demo_dataset",
     "main",
 ]
@@ -254,7 +256,8 @@ class DemoSample:
     zone_map: np.ndarray | None = None
 
 
-def _number(n: int) -> str:
+def number_word(n: int) -> str:
+    """``n`` in words up to ten (``"three"``), in digits above."""
     return _NUMBERS.get(n, str(n))
 
 
@@ -284,7 +287,7 @@ def describe(infected: Sequence[tuple[str, str]], n_areas: int | None = None) ->
     for s in sides:
         zones = [z for z in ZONES if (s, z) in infected]
         parts.append(f"{' '.join(zones)} {s} lung")
-    return f"{lat} pulmonary infection, {_number(n)} infected area{'s' if n > 1 else ''}, {' and '.join(parts)}."
+    return f"{lat} pulmonary infection, {number_word(n)} infected area{'s' if n > 1 else ''}, {' and '.join(parts)}."
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
