@@ -217,3 +217,29 @@ def test_stain_shift_writes_every_validation_tile_in_every_other_tiles_stain(tmp
     source = sorted((data / "Val_Folder" / "img").iterdir())[0]
     first = sorted((out / "Val_Folder" / "img").glob(f"{source.stem}_stain*.png"))
     assert len(first) == 2 and not np.array_equal(np.asarray(Image.open(first[0])), np.asarray(Image.open(source)))
+
+
+def test_text_difficulty_statistics_oracles_and_probe(capsys):
+    import json
+
+    import numpy as np
+
+    bench = _load("text_difficulty")
+    yy, xx = np.mgrid[:40, :40]
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 <= 36
+    image = np.where(disc, 0.8, 0.3).astype(np.float32)
+    (stats,) = bench.object_statistics(image, disc, np.zeros_like(disc), np.ones_like(disc))
+    assert stats["contrast"] == pytest.approx(0.5, abs=1e-6) and stats["roundness"] > 0.85 and stats["texture"] < 1e-5
+    assert stats["area"] == pytest.approx(disc.sum() / 1600)
+    assert bench.auc([3, 4, 5], [0, 1, 2]) == bench.auc([0, 1, 2], [3, 4, 5]) == 1.0
+    assert bench.dice(disc, disc) == 1.0 and bench.dice(disc, ~disc) == 0.0
+
+    argv = ["--difficulty", "text_benchmark", "--size", "64", "--net_size", "32", "--n_images", "12"]
+    assert bench.main([*argv, "--probe_steps", "2", "--n_labeled", "4", "--n_val", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    oracle = result["oracle_dice"]
+    assert oracle["opacities"] < oracle["opacities_in_named_zones"] <= 100  # distractors lie outside the named zones
+    assert set(result["auc"]) == set(bench.STATISTICS) and all(0.5 <= v <= 1 for v in result["auc"].values())
+    assert set(result["probe"]) >= {"dice", "dice_in_named_zones", "distractor_pixels_marked", "lesion_pixels_found"}
+    assert bench.main(["--difficulty", "hardest"]) == 2
+    assert "unknown difficulty 'hardest'" in capsys.readouterr().err
