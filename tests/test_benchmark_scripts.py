@@ -219,6 +219,49 @@ def test_stain_shift_writes_every_validation_tile_in_every_other_tiles_stain(tmp
     assert len(first) == 2 and not np.array_equal(np.asarray(Image.open(first[0])), np.asarray(Image.open(source)))
 
 
+def test_text_benchmark_dry_run_lists_every_command_and_writes_nothing(tmp_path, capsys):
+    bench = _load("text_benchmark")
+    work, data = tmp_path / "work", tmp_path / "data"
+    rc = bench.main(["--dry_run", "--workdir", str(work), "--dataset_dir", str(data), "--seeds", "0,1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    commands = [line for line in out.splitlines() if line.startswith("$ python")]
+    pretrain = [c for c in commands if "pretrain.json" in c]
+    train = [c for c in commands if " run training " in c and "pretrain.json" not in c]
+    evaluate = [c for c in commands if " run evaluating " in c]
+    assert len(pretrain) == 1 and "--max_epochs 30" in pretrain[0]  # stage 1 once, shared by every seed
+    assert len(train) == 8 and all("--labeled_ratio 0.25" in c and "--max_epochs 20" in c for c in train)
+    assert sum("--seed 0 " in c for c in train) == sum("--seed 1 " in c for c in train) == 4
+    rotated = [c for c in train if "rotated_text_control.py" in c]
+    assert len(rotated) == 2 and all("--method dussss " in c for c in rotated)
+    assert [("--vlm_checkpoint" in c) for c in train] == [("--method dussss " in c) for c in train]
+    assert len(evaluate) == 16 and sum("--split test" in c for c in evaluate) == 8
+    assert all("evaluate.json" in c for c in evaluate)
+    assert "'difficulty': 'text_benchmark'" in out and "'n_train': 600" in out
+    assert not data.exists() and not work.exists()
+
+    assert bench.main(["--dry_run", "--workdir", str(work), "--dataset_dir", str(data), "--methods", "supervised"]) == 0
+    assert "pretrain.json" not in capsys.readouterr().out  # no stage 1 for methods that read no text
+    assert bench.main(["--dry_run", "--workdir", str(work), "--methods", "supervised,unet"]) == 1
+    assert "unknown method 'unet'; choose from supervised, mean_teacher" in capsys.readouterr().err
+
+
+def test_text_benchmark_report_means_and_paired_gaps():
+    bench = _load("text_benchmark")
+
+    def run(val, test):
+        return {"validation": {"mean_dice": val}, "test": {"mean_dice": test}, "train_seconds": 600}
+
+    results = {
+        "mean_teacher": {0: run(0.60, 0.58), 1: run(0.62, 0.60)},
+        "dussss": {0: run(0.63, 0.57), 1: run(0.64, 0.62)},
+    }
+    text = bench.report(results, [0, 1], "cmd")
+    assert "| DuSSS | 63.00 | 64.00 | 63.50 ± 0.71 | 57.00 | 62.00 | 59.50 ± 3.54 | 10.0 |" in text
+    assert "- DuSSS - mean teacher, validation: +2.50 (+3.00, +2.00), ahead at 2 of 2 seeds" in text
+    assert "- DuSSS - mean teacher, test: +0.50 (-1.00, +2.00), ahead at 1 of 2 seeds" in text
+
+
 def test_text_difficulty_statistics_oracles_and_probe(capsys):
     import json
 
