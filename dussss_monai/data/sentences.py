@@ -23,6 +23,8 @@ Templates (``TEMPLATES``):
 
 The output is a CSV table ``image,mask,text`` (``split`` too when the input had several splits), paths relative
 to the table's folder, that ``--dataset_dir`` reads as it is (no ``--columns``, ``--image_dir`` or ``--mask_dir``).
+From a folder of masks without ``image_dir``, the image column holds the mask's file name without ``mask_``: read
+the table with ``--image_dir`` then.
 
 Command line::
 
