@@ -7,12 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_png
+from PIL import Image
 
 from dussss_monai.data import read_table
 from dussss_monai.data.demo import generate_demo_dataset
 from dussss_monai.data.sentences import connected_areas, draft_sentences, generic_sentence, main, qata_sentence
 from dussss_monai.errors import ConfigError
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
 
 # qata_sentence's default lung rows 0.18-0.75 of a 100-row mask: upper 18-36, middle 37-55, lower 56-75
 
