@@ -8,7 +8,7 @@ that the sentence, and not the image alone, tells from infections (docs/notebook
 3. For each seed of ``--seeds``: stage 2 of each method on 25 % of the training masks (the seed draws the labeled
    split and the initialisation, the same for every method), then ``evaluate.json`` on the validation and the test
    images (the student of the best validation epoch). ``dussss_rotated`` is DuSSS with every unlabeled image
-   grounded with its neighbour's sentence (``benchmarks/rotated_text_control.py``).
+   grounded with its neighbour's sentence (``--rotate_texts True``).
 4. ``results.json`` (every run, with wall times) and ``results.md`` (Dice per seed, mean ± sd, paired gaps) in
    ``--workdir``. Finished runs (``result.json``) are reused, so a stopped benchmark continues where it stopped.
 
@@ -40,14 +40,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from bundle_runner import bundle_command, run_bundle  # noqa: E402
+from bundle_runner import bundle_command, run_bundle, training_configs  # noqa: E402
 
 from dussss_monai.errors import DuSSSError  # noqa: E402
 from dussss_monai.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 BUNDLE = REPO / "bundles" / "dussss_qata_cov19"
 CONFIGS = BUNDLE / "configs"
-ROTATED = REPO / "benchmarks" / "rotated_text_control.py"
 SPLITS = ("validation", "test")
 
 #: the benchmark's data: fixed, so that every run of the benchmark scores the same images
@@ -82,31 +81,28 @@ class MethodRun:
     """How the bundle trains one method.
 
     Attributes:
-        configs: the training config files, merged in order (evaluation appends ``evaluate.json``).
-        overrides: the settings that choose the method.
-        script: a script that takes ``monai.bundle``'s arguments instead of ``-m monai.bundle`` (or ``None``).
+        configs: the training config files, merged in order: ``train.json`` and the method's layer (evaluation
+            appends ``evaluate.json``).
+        overrides: settings the method adds (the control's ``rotate_texts``).
         reads_text: whether the method needs the stage-1 model.
     """
 
     configs: tuple[Path, ...]
     overrides: dict[str, Any]
-    script: tuple[str, ...] | None = None
     reads_text: bool = False
 
 
 def method_run(name: str) -> MethodRun:
-    """The bundle's way of running method ``name``: the one place to change when the configs choose a method
-    otherwise (e.g. a config layer per method instead of ``--method``).
+    """The bundle's way of running method ``name``: its config layer over ``train.json`` (DuSSS has none).
 
     Raises:
         DuSSSError: an unknown method.
     """
     if name not in METHODS:
         raise DuSSSError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    train = (CONFIGS / "train.json",)
     if name == "dussss_rotated":
-        return MethodRun(train, {"method": "dussss"}, (str(ROTATED),), reads_text=True)
-    return MethodRun(train, {"method": name}, reads_text=name == "dussss")
+        return MethodRun(tuple(training_configs(CONFIGS, "dussss")), {"rotate_texts": True}, reads_text=True)
+    return MethodRun(tuple(training_configs(CONFIGS, name)), {}, reads_text=name == "dussss")
 
 
 def parse_extra(items: Sequence[str]) -> dict[str, Any]:
@@ -130,15 +126,13 @@ class Runner:
         self.env = env
         self.dry_run = dry_run
 
-    def __call__(
-        self, configs: Sequence[Path], run_id: str, overrides: dict[str, Any], log: Path, script: Sequence[str] | None
-    ) -> float:
+    def __call__(self, configs: Sequence[Path], run_id: str, overrides: dict[str, Any], log: Path) -> float:
         """Run one workflow; returns its wall time in seconds (0 in a dry run)."""
         config: Path | list[Path] = configs[0] if len(configs) == 1 else list(configs)
         if self.dry_run:
-            print("$ python " + shlex.join(bundle_command(config, run_id, overrides, script)[1:]), flush=True)
+            print("$ python " + shlex.join(bundle_command(config, run_id, overrides)[1:]), flush=True)
             return 0.0
-        return run_bundle(config, run_id, overrides, log, self.env, script=script, echo=False)
+        return run_bundle(config, run_id, overrides, log, self.env, echo=False)
 
 
 def ensure_data(dataset_dir: Path, dry_run: bool) -> None:
@@ -162,7 +156,7 @@ def ensure_stage1(args: argparse.Namespace, run: Runner) -> Path:
     settings = {**COMMON, **STAGE1, "dataset_dir": str(args.dataset_dir), "bundle_root": str(folder),
                 "seed": args.stage1_seed, "ckpt_dir": str(folder / "models"), "log_iterations": False,
                 **parse_extra(args.stage1_extra)}  # fmt: skip
-    seconds = run((CONFIGS / "pretrain.json",), "training", settings, folder / "pretrain.log", None)
+    seconds = run((CONFIGS / "pretrain.json",), "training", settings, folder / "pretrain.log")
     if not run.dry_run:
         atomic_write_json(folder / "stage1.json", {"seconds": round(seconds, 1)})
     return vlm
@@ -186,11 +180,11 @@ def run_method(name: str, seed: int, args: argparse.Namespace, vlm: Path | None,
         if vlm is None:
             raise DuSSSError(f"{name} needs the stage-1 model")
         settings["vlm_checkpoint"] = str(vlm)
-    seconds = run(how.configs, "training", {**settings, "log_iterations": False}, folder / "train.log", how.script)
+    seconds = run(how.configs, "training", {**settings, "log_iterations": False}, folder / "train.log")
     evaluate = (*how.configs, CONFIGS / "evaluate.json")
     for split in SPLITS:
         overrides = {**settings, "split": split, "eval_dir": str(folder / f"eval_{split}")}
-        run(evaluate, "evaluating", overrides, folder / f"evaluate_{split}.log", None)
+        run(evaluate, "evaluating", overrides, folder / f"evaluate_{split}.log")
     if run.dry_run:
         return None
     result: dict[str, Any] = {"train_seconds": round(seconds, 1)}

@@ -232,9 +232,11 @@ def test_text_benchmark_dry_run_lists_every_command_and_writes_nothing(tmp_path,
     assert len(pretrain) == 1 and "--max_epochs 30" in pretrain[0]  # stage 1 once, shared by every seed
     assert len(train) == 8 and all("--labeled_ratio 0.25" in c and "--max_epochs 20" in c for c in train)
     assert sum("--seed 0 " in c for c in train) == sum("--seed 1 " in c for c in train) == 4
-    rotated = [c for c in train if "rotated_text_control.py" in c]
-    assert len(rotated) == 2 and all("--method dussss " in c for c in rotated)
-    assert [("--vlm_checkpoint" in c) for c in train] == [("--method dussss " in c) for c in train]
+    layers = [("mean_teacher.json" in c, "supervised.json" in c) for c in train]
+    assert layers.count((True, False)) == layers.count((False, True)) == 2  # one layer per method and seed
+    rotated = [c for c in train if "--rotate_texts True" in c]
+    assert len(rotated) == 2 and all(layer == (False, False) for c, layer in zip(train, layers) if c in rotated)
+    assert [("--vlm_checkpoint" in c) for c in train] == [layer == (False, False) for layer in layers]
     assert len(evaluate) == 16 and sum("--split test" in c for c in evaluate) == 8
     assert all("evaluate.json" in c for c in evaluate)
     assert "'difficulty': 'text_benchmark'" in out and "'n_train': 600" in out
