@@ -148,55 +148,6 @@ def test_monuseg_table_collect_merges_workdirs_into_one_table(tmp_path, capsys):
     assert not (tmp_path / "other").exists()
 
 
-def test_pseudo_label_quality_scores_each_target_and_grounds_the_control_with_the_next_tiles_sentence():
-    import torch
-
-    from dussss_monai.refiner import Refinement
-
-    quality = _load("pseudo_label_quality")
-    dice = quality.PooledDice()
-    assert dice.value() == 100.0  # nothing marked, nothing true
-    truth = torch.tensor([True, True, False, False])
-    dice.add(torch.tensor([True, False, True, False]), truth)
-    assert dice.value() == pytest.approx(200 * 1 / 4)
-
-    items = [{"text": "left"}, {"text": "right"}, {"text": "none"}]
-    patches = quality.validation_patches(items, lambda item: {**item, "drawn": True}, patches_per_tile=2)
-    assert [(p["text"], p["rotated_text"]) for p in patches] == [
-        ("left", "right"), ("left", "right"), ("right", "none"), ("right", "none"), ("none", "left"), ("none", "left"),
-    ]  # fmt: skip
-    assert all(p["drawn"] for p in patches)
-    with pytest.raises(quality.ConfigError, match="at least 2 validation tiles"):
-        quality.validation_patches(items[:1], dict, patches_per_tile=1)
-
-    # 2x2 patches: the truth marks the left column; the teacher marks the top row (Dice 50 pooled); the text
-    # "left" marks the left column, so it is right, flips two pixels of the teacher's label (merged) and the
-    # rotated sentence "right" marks the right column.
-    label = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
-    top_row = torch.tensor([[[4.0, 4.0], [-4.0, -4.0]]])
-    column = {"left": torch.tensor([[[9.0, -9.0], [9.0, -9.0]]]), "right": torch.tensor([[[-9.0, 9.0], [-9.0, 9.0]]])}
-
-    class Teacher(torch.nn.Module):
-        def forward(self, x):
-            return top_row.expand(x.shape[0], 1, 2, 2)
-
-    def refiner(context, texts, teacher_logits, boxes):
-        text = torch.stack([column[t] for t in texts])
-        return Refinement(torch.sigmoid(teacher_logits + text), torch.sigmoid(text), None, list(texts))  # type: ignore[arg-type]
-
-    patch = {"image": torch.zeros(1, 2, 2), "label": label, "vlm_image": torch.zeros(1, 4, 4)}
-    patch["crop_box"] = torch.tensor([0.0, 0.0, 0.5, 0.5])
-    patches = [{**patch, "text": "left", "rotated_text": "right"}] * 3
-    result = quality.score(Teacher(), refiner, patches, batch_size=2)
-    assert result["teacher_dice"] == pytest.approx(50.0)
-    assert result["text_dice"] == pytest.approx(100.0)
-    assert result["merged_dice"] == pytest.approx(100.0)
-    assert result["merged_rotated_dice"] == pytest.approx(0.0)
-    assert result["flipped_pct"] == pytest.approx(50.0)
-    assert result["text_marks_pct"] == pytest.approx(50.0) and result["truth_pct"] == pytest.approx(50.0)
-    assert set(quality.score(Teacher(), None, patches)) == {"teacher_dice"}
-
-
 def test_stain_shift_writes_every_validation_tile_in_every_other_tiles_stain(tmp_path):
     import numpy as np
     import openpyxl

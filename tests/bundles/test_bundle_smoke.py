@@ -17,6 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from dussss_monai.bundle import text_check
+
 from bundle_cli import run_bundle_cli, small_network
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +51,7 @@ SMALL_PATCHES = {
 
 
 @pytest.mark.parametrize("bundle, channels, has_val, pretrain_extra", CASES, ids=[c[0] for c in CASES])
-def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra, tmp_path):
+def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra, tmp_path, capsys):
     from dussss_monai.data import generate_demo_dataset
 
     configs = REPO_ROOT / "bundles" / bundle / "configs"
@@ -85,6 +87,12 @@ def test_configs_run_on_generated_data(bundle, channels, has_val, pretrain_extra
     assert json.loads(model.with_suffix(".json").read_text())["unet_channels"] == [4, 8]  # the model's record
     datalist = json.loads((run_dir / "datalist.json").read_text())
     assert len(datalist["validation"]) == (3 if has_val else 2)  # BM-Seg: held out of the 10 training images
+
+    # the text check reads the run back from its record: the run's teacher, f_g and validation images
+    assert text_check.main(["--run", str(run_dir), "--json", "--samples_per_image", "2"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(figures["dice"]) == set(text_check.TARGETS) and 0 <= figures["changed_pct"] <= 100
+    assert figures["n_samples"] == len(datalist["validation"]) * (2 if bundle in SMALL_PATCHES else 1)
 
     small = {
         "image_size": "32",
