@@ -10,7 +10,9 @@ that the sentence, and not the image alone, tells from infections (docs/notebook
    images (the student of the best validation epoch). ``dussss_rotated`` is DuSSS with every unlabeled image
    grounded with its neighbour's sentence (``--rotate_texts True``).
 4. ``results.json`` (every run, with wall times) and ``results.md`` (Dice per seed, mean ± sd, paired gaps) in
-   ``--workdir``. Finished runs (``result.json``) are reused, so a stopped benchmark continues where it stopped.
+   ``--workdir``; with ``--diagnose``, ``diagnostic.json`` and a table of each DuSSS run's pseudo labels on its
+   unlabeled images (teacher, f_g's text mask, merged, merged with another image's sentence): Dice, the share of
+   lesion pixels found and of distractor and background pixels marked. Finished runs (``result.json``) are reused, so a stopped benchmark continues where it stopped.
 
 The CPU settings (``COMMON``, ``STAGE1``, ``STAGE2``) are the demo's recipe (``scripts/demo.py``) at 96 px with 20
 epochs of 29 steps. Estimated from one-epoch runs with one thread (docs/notebook/2026-12-06_text_benchmark.md): a
@@ -194,6 +196,71 @@ def run_method(name: str, seed: int, args: argparse.Namespace, vlm: Path | None,
     return result
 
 
+def diagnose(folder: Path, dataset_dir: Path) -> dict[str, dict[str, float]]:
+    """The pseudo-label diagnostic of one DuSSS run: each target of the text check on the run's unlabeled images
+    (whose masks the generator wrote), split by region with the distractor masks rendered again.
+
+    Returns:
+        ``{target: {"dice", "lesion_found_pct", "distractor_marked_pct", "background_marked_pct"}}`` (%), pooled
+        over the unlabeled images at the network's size; ``target`` as in ``text_check.TARGETS``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from dussss_monai.bundle import text_check
+    from dussss_monai.data.demo import regenerate_sample
+
+    parser = text_check.load_run(folder / "run")
+    checkpoint = Path(parser.get_parsed_content("checkpoint_dir")) / "training_final.pt"
+    teacher, refiner = text_check.load_trained(parser, checkpoint)
+    samples = text_check.check_samples(parser, "unlabeled", 1, 0)
+    masks = text_check.pseudo_label_masks(teacher, refiner, samples)
+    counts = {
+        name: dict.fromkeys(("tp", "p", "lesion", "distractor", "background"), 0.0) for name in text_check.TARGETS
+    }
+    totals = dict.fromkeys(("truth", "distractor", "background"), 0.0)
+    for sample, m in zip(samples, masks):
+        rendered = torch.from_numpy(regenerate_sample(dataset_dir, str(sample["name"])).distractor_mask)
+        distractor = F.interpolate(rendered[None, None].float(), size=m.truth.shape[-2:], mode="nearest")[0] > 0.5
+        distractor &= ~m.truth
+        background = ~(m.truth | distractor)
+        totals["truth"] += float(m.truth.sum())
+        totals["distractor"] += float(distractor.sum())
+        totals["background"] += float(background.sum())
+        for name in text_check.TARGETS:
+            marked = getattr(m, name)
+            c = counts[name]
+            c["tp"] += float((marked & m.truth).sum())
+            c["p"] += float(marked.sum())
+            c["distractor"] += float((marked & distractor).sum())
+            c["background"] += float((marked & background).sum())
+    return {
+        name: {
+            "dice": 200.0 * c["tp"] / max(c["p"] + totals["truth"], 1.0),
+            "lesion_found_pct": 100.0 * c["tp"] / max(totals["truth"], 1.0),
+            "distractor_marked_pct": 100.0 * c["distractor"] / max(totals["distractor"], 1.0),
+            "background_marked_pct": 100.0 * c["background"] / max(totals["background"], 1.0),
+        }
+        for name, c in counts.items()
+    }
+
+
+def diagnostic_report(figures: dict[int, dict[str, dict[str, dict[str, float]]]]) -> str:
+    """The diagnostic's table: one row per run and target (``figures[seed][method][target]``)."""
+    lines = [
+        "| seed | run | target | Dice | lesion pixels found | distractor pixels marked | background marked |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for seed, runs in sorted(figures.items()):
+        for method, targets in runs.items():
+            for target, f in targets.items():
+                lines.append(
+                    f"| {seed} | {TITLES[method]} | {target} | {f['dice']:.2f} | {f['lesion_found_pct']:.1f} % | "
+                    f"{f['distractor_marked_pct']:.1f} % | {f['background_marked_pct']:.2f} % |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def _mean_sd(values: Sequence[float]) -> str:
     if not values:
         return "–"
@@ -247,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra", action="append", default=[], help="KEY=VALUE override of stage 2 (repeatable)")
     parser.add_argument("--stage1_extra", action="append", default=[], help="KEY=VALUE override of stage 1")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run and write nothing")
+    parser.add_argument(
+        "--diagnose", action="store_true", help="after the runs: the pseudo-label diagnostic of every DuSSS run"
+    )
     args = parser.parse_args(argv)
     try:
         try:
@@ -284,6 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         command = "python benchmarks/text_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         text = report(results, seeds, command)
+        if args.diagnose:
+            figures = {
+                seed: {m: diagnose(Path(args.workdir) / f"seed{seed}" / m, args.dataset_dir) for m in methods
+                       if method_run(m).reads_text and seed in results[m]}
+                for seed in seeds
+            }  # fmt: skip
+            atomic_write_json(Path(args.workdir) / "diagnostic.json", figures)
+            text += "\n## Pseudo labels of the unlabeled training images\n\n" + diagnostic_report(figures)
         atomic_write_text(Path(args.workdir) / "results.md", text)
         print(text)
         return 0

@@ -239,3 +239,14 @@ def test_text_difficulty_statistics_oracles_and_probe(capsys):
     assert set(result["probe"]) >= {"dice", "dice_in_named_zones", "distractor_pixels_marked", "lesion_pixels_found"}
     assert bench.main(["--difficulty", "hardest"]) == 2
     assert "unknown difficulty 'hardest'" in capsys.readouterr().err
+
+
+def test_text_benchmark_diagnostic_table_one_row_per_run_and_target():
+    bench = _load("text_benchmark")
+    f = {"dice": 62.494, "lesion_found_pct": 95.61, "distractor_marked_pct": 41.06, "background_marked_pct": 2.504}
+    table = bench.diagnostic_report({1: {"dussss_rotated": {"merged": f}}, 0: {"dussss": {"teacher": f, "text": f}}})
+    rows = table.splitlines()[2:]
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| 0", "DuSSS", "teacher"], ["| 0", "DuSSS", "text"], ["| 1", "DuSSS, rotated sentences (control)", "merged"],
+    ]  # fmt: skip
+    assert rows[0].endswith("| 62.49 | 95.6 % | 41.1 % | 2.50 % |")

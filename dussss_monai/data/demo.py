@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -62,6 +63,7 @@ __all__ = [
     "parse_difficulty",
     "DemoSample",
     "render_sample",
+    "regenerate_sample",
     "describe",
     "number_word",
     "NO_INFECTION",
@@ -473,6 +475,40 @@ def _write_text(path: Path, rows: list[tuple[str, str]]) -> None:
     wb.save(path)
 
 
+def _render_item(params: dict[str, Any], split: int, index: int, settings: DemoDifficulty) -> DemoSample:
+    """Image ``index`` of split ``split`` (0 train, 1 validation, 2 test): it depends only on these and the seed."""
+    return render_sample(np.random.default_rng([params["seed"], split, index]), params["image_size"], settings)
+
+
+def regenerate_sample(dataset_dir: str | os.PathLike, name: str) -> DemoSample:
+    """Render again the sample behind image ``name`` of a generated dataset, from its manifest: what is not written
+    to disk (the distractor mask, the lung zones) for benchmarks that score by region.
+
+    Args:
+        dataset_dir: a folder written by :func:`generate_demo_dataset`.
+        name: an image file name of it, e.g. ``covid_demo_train_0005.png``.
+
+    Returns:
+        the :class:`DemoSample`, identical to the one written.
+
+    Raises:
+        DuSSSError: no manifest in ``dataset_dir``, or ``name`` not one of its images.
+    """
+    manifest_path = Path(dataset_dir) / MANIFEST_NAME
+    try:
+        params = json.loads(manifest_path.read_text(encoding="utf-8"))["params"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DuSSSError(f"{manifest_path}: not a generated demo dataset ({e})") from e
+    shorts = [short for _, _, short in _SPLITS]
+    found = re.fullmatch(r"covid_demo_(" + "|".join(shorts) + r")_(\d+)", Path(name).stem)
+    if found is None:
+        raise DuSSSError(f"{name!r} is not an image name of the generated dataset {dataset_dir}")
+    split, index = shorts.index(found.group(1)), int(found.group(2))
+    difficulty = params.get("difficulty")
+    settings = parse_difficulty(json.dumps(difficulty) if difficulty else None)
+    return _render_item(params, split, index, settings)
+
+
 def generate_demo_dataset(
     output_dir: str | os.PathLike,
     n_train: int = 160,
@@ -515,13 +551,11 @@ def generate_demo_dataset(
         for (folder, prefix, short), n in zip(_SPLITS, (n_train, n_val, n_test)):
             if n == 0:
                 continue
-            split_seed = [params["seed"], _SPLITS.index((folder, prefix, short))]
             (tmp / folder / "img").mkdir(parents=True)
             (tmp / folder / "labelcol").mkdir(parents=True)
             rows = []
             for i in range(n):
-                rng = np.random.default_rng(split_seed + [i])
-                sample = render_sample(rng, image_size, settings)
+                sample = _render_item(params, _SPLITS.index((folder, prefix, short)), i, settings)
                 name = f"covid_demo_{short}_{i:04d}.png"
                 Image.fromarray(sample.image, mode="L").save(tmp / folder / "img" / name)
                 Image.fromarray(sample.mask, mode="L").save(tmp / folder / "labelcol" / f"mask_{name}")

@@ -18,6 +18,7 @@ from dussss_monai.data.demo import (
     describe,
     generate_demo_dataset,
     parse_difficulty,
+    regenerate_sample,
     render_sample,
 )
 from dussss_monai.data.lvit import read_lvit_dataset
@@ -208,3 +209,19 @@ def test_describe_counts_areas_and_no_infection():
     assert describe([("right", "lower")], n_areas=12).startswith("Unilateral pulmonary infection, 12 infected areas")
     with pytest.raises(ValueError):
         describe([("right", "lower")], n_areas=0)
+
+
+def test_regenerate_sample_renders_the_written_image_with_its_distractors(tmp_path):
+    from PIL import Image
+
+    data = generate_demo_dataset(tmp_path / "d", n_train=3, n_val=2, n_test=0, image_size=48, seed=4,
+                                 difficulty="text_benchmark")  # fmt: skip
+    for folder, name in (("Train_Folder", "covid_demo_train_0002.png"), ("Val_Folder", "covid_demo_val_0001.png")):
+        sample = regenerate_sample(data, name)
+        assert np.array_equal(sample.image, np.asarray(Image.open(data / folder / "img" / name)))
+        assert np.array_equal(sample.mask, np.asarray(Image.open(data / folder / "labelcol" / f"mask_{name}")))
+        assert not (sample.distractor_mask & (sample.mask > 0)).any()
+    with pytest.raises(DuSSSError, match="'scan_0001.png' is not an image name"):
+        regenerate_sample(data, "scan_0001.png")
+    with pytest.raises(DuSSSError, match="not a generated demo dataset"):
+        regenerate_sample(tmp_path, "covid_demo_train_0000.png")
