@@ -14,7 +14,10 @@ of ``{"image", "label", "text", "name"}`` items) and collects, without stopping 
 - empty text (after stripping whitespace);
 - the same image file listed twice, or two different images sharing a ``name`` (predictions and split
   files are keyed by name);
-- a mix of grey and colour images when ``channels`` is ``None`` (a batch would not stack).
+- a mix of grey and colour images when ``channels`` is ``None`` (a batch would not stack);
+- 3D NIfTI volumes (:mod:`~dussss_monai.data.volume_io`): the header, the voxels, a mask that is not a binary volume
+  of the image's shape and affine, per-slice sentences (``slice_texts``) that are not ``{slice index: sentence}``,
+  and a dataset that mixes volumes with 2D images.
 
 It raises one :class:`~dussss_monai.errors.DatasetError` listing all of them. :func:`decode_utf8`
 turns undecodable text files into the same error type, naming the byte offset and line.
@@ -28,12 +31,29 @@ from pathlib import Path
 from typing import Any
 
 from dussss_monai.data.image_io import ImageInfo, check_pixels, read_image_info, read_mask_2d
+from dussss_monai.data.volume_io import (
+    VolumeInfo,
+    check_volume_pixels,
+    is_volume,
+    read_volume_info,
+    volume_mask_problems,
+)
 from dussss_monai.errors import DatasetError
 
-__all__ = ["SECTIONS", "check_dataset", "collect_problems", "decode_utf8", "item_name", "required_in"]
+__all__ = [
+    "SECTIONS",
+    "SLICE_TEXTS_KEY",
+    "check_dataset",
+    "collect_problems",
+    "decode_utf8",
+    "item_name",
+    "required_in",
+]
 
 #: the datalist sections, in order; ``unlabeled`` holds training images given without masks
 SECTIONS: tuple[str, ...] = ("training", "validation", "test", "unlabeled")
+#: an item's optional per-slice sentences of a volume: ``{"<slice index>": "sentence", ...}``
+SLICE_TEXTS_KEY = "slice_texts"
 
 
 def decode_utf8(data: bytes, path: str | os.PathLike) -> str:
@@ -107,6 +127,7 @@ def collect_problems(
     seen_images: dict[str, str] = {}
     seen_names: dict[str, tuple[str, str]] = {}
     channel_counts: dict[int, str] = {}
+    kinds: dict[str, str] = {}  # "volume" / "2D image" -> the first image of that kind
     for where, item in _iter_items(datalist):
         if not isinstance(item, Mapping):
             if where not in SECTIONS:  # a section that is not a list was reported above
@@ -117,7 +138,10 @@ def collect_problems(
         image = item.get("image")
         label = item.get("label")
         text = item.get("text")
+        slice_texts = item.get(SLICE_TEXTS_KEY)
         info: ImageInfo | None = None
+        volume: VolumeInfo | None = None
+        is_vol = False
         if not isinstance(image, str) or not image:
             problems.append(f"{where_src}{where}: 'image' must be a file path string, got {_show(image)}")
         else:
@@ -134,12 +158,18 @@ def collect_problems(
                 )
             else:
                 seen_names.setdefault(name, (where, image))
+            is_vol = files and is_volume(image)
             try:
-                info = read_image_info(image) if files else None
-                if files:
+                if is_vol:
+                    volume = read_volume_info(image)
+                    check_volume_pixels(image)
+                elif files:
+                    info = read_image_info(image)
                     check_pixels(image)
             except DatasetError as e:
                 problems += e.problems
+            if volume is not None or info is not None:
+                kinds.setdefault("volume" if volume is not None else "2D image", image)
             if info is not None and channels is None:
                 channel_counts.setdefault(info.channels, image)
         if label is None:
@@ -151,6 +181,11 @@ def collect_problems(
             problems.append(
                 f"{where_src}{where} ({_img(image)}): 'label' must be a file path string, got {_show(label)}"
             )
+        elif is_vol:  # an unreadable volume was reported above; its mask is checked against a readable one
+            if volume is not None:
+                problems += volume_mask_problems(label, volume, str(image))
+        elif files and is_volume(label):
+            problems.append(f"{label}: the mask is a 3D volume but its image {_img(image)} is a 2D image")
         elif files:
             try:
                 mask = read_mask_2d(label)
@@ -162,8 +197,10 @@ def collect_problems(
                         f"{label}: mask size {mask.shape[2]}x{mask.shape[1]} differs from its image "
                         f"{_img(image)} ({info.width}x{info.height})"
                     )
+        if slice_texts is not None:
+            problems += _slice_text_problems(slice_texts, f"{where_src}{where} ({_img(image)})")
         if text is None:
-            if required_in(require_text, where):
+            if required_in(require_text, where) and not slice_texts:
                 problems.append(
                     f"{where_src}{where} ({_img(image)}): no 'text' given; this run reads a description of every image"
                 )
@@ -171,6 +208,11 @@ def collect_problems(
             problems.append(f"{where_src}{where} ({_img(image)}): 'text' is not text ({type(text).__name__} {text!r})")
         elif not text.strip():
             problems.append(f"{where_src}{where} ({_img(image)}): 'text' is empty")
+    if len(kinds) > 1:
+        problems.append(
+            f"{where_src}the data mix 3D volumes and 2D images (e.g. {kinds['volume']} is a volume, "
+            f"{kinds['2D image']} a 2D image): give one kind per dataset, volumes or 2D slices"
+        )
     if len(channel_counts) > 1:
         problems.append(
             f"{where_src}images mix grey and colour (e.g. {channel_counts.get(1)} is grey, {channel_counts.get(3)} is colour); "
@@ -207,6 +249,20 @@ def check_dataset(
     )
     if problems:
         raise DatasetError(problems, header=f"dataset check failed{f' for {source}' if source is not None else ''}")
+
+
+def _slice_text_problems(slice_texts: Any, where: str) -> list[str]:
+    """The problems of an item's per-slice sentences: not ``{slice index (>= 0): non-empty sentence}``."""
+    example = '(e.g. "slice_texts": {"12": "One lesion in the left iliac bone."})'
+    if not isinstance(slice_texts, Mapping):
+        return [f"{where}: '{SLICE_TEXTS_KEY}' must map slice indices to sentences {example}, got {_show(slice_texts)}"]
+    problems = []
+    for key, sentence in slice_texts.items():
+        if not str(key).strip().isdigit():
+            problems.append(f"{where}: '{SLICE_TEXTS_KEY}' key {key!r} is not a slice index (0, 1, 2, ...) {example}")
+        elif not isinstance(sentence, str) or not sentence.strip():
+            problems.append(f"{where}: '{SLICE_TEXTS_KEY}' of slice {key}: the sentence is empty or not text")
+    return problems
 
 
 def _show(value: Any) -> str:
