@@ -1,4 +1,5 @@
-"""Data layer: image/mask reading, LViT folders, datalists and tables, splits, checks, transforms, demo data.
+"""Data layer: image/mask and volume reading, LViT folders, datalists and tables, splits, checks, transforms, demo
+data.
 
 See ``docs/data_format.md`` for the formats and every check's message.
 """
@@ -6,11 +7,18 @@ See ``docs/data_format.md`` for the formats and every check's message.
 from __future__ import annotations
 
 from dussss_monai.data.checks import check_dataset, collect_problems
+from dussss_monai.data.ct_volumes import generate_ct_volumes
 from dussss_monai.data.datalist import DatasetSource, load_datalist, read_dataset, save_datalist
 from dussss_monai.data.demo import generate_demo_dataset
 from dussss_monai.data.image_io import read_image_2d, read_image_info, read_mask_2d
 from dussss_monai.data.lvit import read_lvit_dataset, read_text_table
-from dussss_monai.data.pipelines import eval_transforms, pretrain_transforms, train_transforms, unlabeled_transforms
+from dussss_monai.data.pipelines import (
+    eval_transforms,
+    pretrain_transforms,
+    pretrain_validation_transforms,
+    train_transforms,
+    unlabeled_transforms,
+)
 from dussss_monai.data.splits import (
     holdout_validation,
     prepare_datalist,
@@ -25,6 +33,7 @@ from dussss_monai.data.stain import RandHEDJitterd
 from dussss_monai.data.stain_transfer import HEStain, RandStainTransferd, estimate_he_stain, he_stain_references
 from dussss_monai.data.tables import read_table
 from dussss_monai.data.transforms import DataPipeline, LoadImage2Dd
+from dussss_monai.data.volumes import RandSliced, holds_volumes
 
 __all__ = [
     "read_image_2d",
@@ -48,6 +57,9 @@ __all__ = [
     "split_filename",
     "prepare_datalist",
     "generate_demo_dataset",
+    "generate_ct_volumes",
+    "holds_volumes",
+    "RandSliced",
     "DataPipeline",
     "LoadImage2Dd",
     "RandHEDJitterd",
@@ -59,4 +71,5 @@ __all__ = [
     "eval_transforms",
     "unlabeled_transforms",
     "pretrain_transforms",
+    "pretrain_validation_transforms",
 ]

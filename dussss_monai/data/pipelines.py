@@ -27,6 +27,11 @@ is optional and touches the image only.
 Weak-to-strong consistency: with ``strong_view=True`` the unlabeled pipeline also writes ``image_strong``, a copy
 of the (weakly, spatially augmented) image with strong colour, contrast and blur perturbations, for the student;
 the teacher and the VLM read ``image``.
+
+Volumes (``volumes=True``, :mod:`dussss_monai.data.volumes`): the items name 3D NIfTI volumes. The training and
+stage-1 pipelines load each volume (oriented so that ``slice_axis`` is last, scaled by ``window``) and draw one 2D
+slice of it per read, which then goes through the same steps as a 2D image; the evaluation pipeline keeps the whole
+volume, resized in-plane only, for a slice-by-slice inferer.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     Resized,
     SpatialPadd,
+    SqueezeDimd,
 )
 
 from dussss_monai.data.augmentations import clip_to_unit_range, colour_augmentations, strong_view_augmentations
@@ -63,6 +69,7 @@ from dussss_monai.data.transforms import (
     RandCropWithBoxd,
     _size_pair,
 )
+from dussss_monai.data.volumes import PickSliced, RandSliced, load_volume
 from dussss_monai.errors import ConfigError
 
 __all__ = [
@@ -73,19 +80,26 @@ __all__ = [
     "eval_transforms",
     "unlabeled_transforms",
     "pretrain_transforms",
+    "pretrain_validation_transforms",
 ]
 
 
 def resize(
-    keys: Sequence[str], size: int | Sequence[int], mask_keys: Sequence[str] = (), allow_missing_keys: bool = False
+    keys: Sequence[str],
+    size: int | Sequence[int],
+    mask_keys: Sequence[str] = (),
+    allow_missing_keys: bool = False,
+    volumes: bool = False,
 ) -> list[MapTransform]:
     """MONAI's ``Resized``: images bilinear with anti-aliasing (a Gaussian before shrinking, as scikit-image),
-    masks nearest-exact, so they stay binary and are sampled at pixel centres like the image."""
+    masks nearest-exact, so they stay binary and are sampled at pixel centres like the image. ``volumes``: resize
+    each slice (the first two spatial axes), keep the number of slices."""
     keys = list(keys)
     modes = ["nearest-exact" if k in mask_keys else "bilinear" for k in keys]
     smooth = [k not in mask_keys for k in keys]
+    spatial: tuple[int, ...] = _size_pair(size) + ((-1,) if volumes else ())
     return [
-        Resized(keys, _size_pair(size), mode=modes, anti_aliasing=smooth, allow_missing_keys=allow_missing_keys),
+        Resized(keys, spatial, mode=modes, anti_aliasing=smooth, allow_missing_keys=allow_missing_keys),
         *clip_to_unit_range([k for k in keys if k not in mask_keys], allow_missing_keys=True),
     ]
 
@@ -138,9 +152,33 @@ def spatial_augmentations(
     return out
 
 
-def _finish(keys: Sequence[str]) -> list[MapTransform]:
+def _finish(keys: Sequence[str], track_meta: bool = False) -> list[MapTransform]:
     keys = list(keys) + [CONTEXT_IMAGE_KEY, CONTEXT_LABEL_KEY]  # the grounding context, when present
-    return [EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False, allow_missing_keys=True)]
+    return [EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=track_meta, allow_missing_keys=True)]
+
+
+def _load(
+    keys: Sequence[str],
+    mask_keys: Sequence[str],
+    channels: int | None,
+    volumes: bool = False,
+    window: Sequence[float] | None = None,
+    slice_axis: str = "axial",
+    draw: str | None = None,
+    allow_missing_keys: bool = False,
+) -> list[MapTransform]:
+    """Load images and masks: 2D files (:class:`LoadImage2Dd`), or volumes (:func:`load_volume`), of which ``draw``
+    keeps one 2D slice (``"random"``: :class:`RandSliced`, ``"pick"``: :class:`PickSliced`, ``None``: the whole
+    volume). The first mask key tells the slice samplers where the foreground is."""
+    keys, masks = list(keys), list(mask_keys)
+    if not volumes:
+        return [LoadImage2Dd(keys, mask_keys=masks, channels=channels, allow_missing_keys=allow_missing_keys)]
+    xforms = load_volume(keys, masks, channels, window, slice_axis, allow_missing_keys=allow_missing_keys)
+    if draw is None:
+        return xforms
+    label = masks[0] if masks else None
+    sampler = RandSliced(keys, label_key=label) if draw == "random" else PickSliced(keys, label_key=label)
+    return xforms + [sampler, SqueezeDimd(keys, dim=3, allow_missing_keys=True)]
 
 
 def to_network_size(
@@ -200,9 +238,12 @@ def train_transforms(
     stain_jitter: float = 0.0,
     stain_references: Sequence[HEStain] = (),
     stain_transfer_prob: float = 0.0,
+    volumes: bool = False,
+    window: Sequence[float] | None = None,
+    slice_axis: str = "axial",
 ) -> DataPipeline:
-    """Labeled training pipeline: load, resize (or crop a patch), spatial augmentation of image and mask together,
-    colour augmentation of the image.
+    """Labeled training pipeline: load (a volume: and draw one slice), resize (or crop a patch), spatial augmentation
+    of image and mask together, colour augmentation of the image.
 
     Args:
         image_size: output size (square int or ``(H, W)``) when ``patch_size`` is ``None``.
@@ -217,16 +258,20 @@ def train_transforms(
         stain_references: stains a labeled crop may be re-stained with, e.g. the unlabeled tiles'
             (:func:`~dussss_monai.data.stain_transfer.he_stain_references`; RGB H&E images).
         stain_transfer_prob: probability of that transfer per crop (0, or no references: none).
+        volumes: the items are 3D volumes: each read draws one slice, preferring slices with foreground
+            (:class:`~dussss_monai.data.volumes.RandSliced`).
+        window: volumes: the intensity window (:func:`~dussss_monai.data.volumes.load_volume`).
+        slice_axis: volumes: ``axial``, ``coronal`` or ``sagittal``.
 
     Returns:
         a :class:`~dussss_monai.data.transforms.DataPipeline` (a :class:`monai.transforms.Compose`).
 
     Raises:
-        ConfigError: a ``stain_transfer_prob`` outside ``[0, 1]``.
+        ConfigError: a ``stain_transfer_prob`` outside ``[0, 1]``, a bad window or slice axis.
     """
     keys = list(keys)
     masks = keys[1:]
-    xforms: list[Any] = [LoadImage2Dd(keys, mask_keys=masks, channels=channels)]
+    xforms: list[Any] = _load(keys, masks, channels, volumes, window, slice_axis, draw="random")
     if augment and stain_transfer_prob > 0 and len(stain_references) > 0:
         xforms.append(EstimateHEStaind(keys[0]))  # the whole tile's stain, before cropping
     xforms += to_network_size(keys, image_size, patch_size, mask_keys=masks, grounding_context=grounding_context)
@@ -242,21 +287,32 @@ def eval_transforms(
     channels: int | None = 1,
     keys: Sequence[str] = ("image", "label"),
     patch_size: int | Sequence[int] | None = None,
+    volumes: bool = False,
+    window: Sequence[float] | None = None,
+    slice_axis: str = "axial",
+    track_meta: bool = False,
 ) -> DataPipeline:
     """Validation / test pipeline: load and resize (mask nearest), no augmentation. A missing mask is allowed.
 
     With ``patch_size`` set (patch training) nothing is resized: the image keeps its native resolution, for a
-    sliding-window inferer of ``patch_size`` windows.
+    sliding-window inferer of ``patch_size`` windows. With ``volumes`` the whole volume ``(C, H, W, D)`` is kept,
+    each slice resized to ``image_size`` (or kept native with ``patch_size``), for a slice-by-slice inferer;
+    ``window`` and ``slice_axis`` as in :func:`train_transforms`. ``track_meta`` keeps MONAI's record of the
+    orientation and resizing (``MetaTensor``), which inference inverts.
     """
     keys = list(keys)
     masks = keys[1:]
     size = None if patch_size is not None else image_size
+    if volumes:
+        loaded = _load(keys, masks, channels, True, window, slice_axis, allow_missing_keys=True)
+        sized = resize(keys, size, masks, allow_missing_keys=True, volumes=True) if size is not None else []
+        return DataPipeline(loaded + sized + _finish(keys, track_meta))
     return DataPipeline(
         [
             LoadImage2Dd(keys, mask_keys=masks, channels=channels, allow_missing_keys=True),
             *to_network_size(keys, size, None, masks, allow_missing_keys=True),
         ]
-        + _finish(keys)
+        + _finish(keys, track_meta)
     )
 
 
@@ -273,8 +329,12 @@ def unlabeled_transforms(
     stain_jitter: float = 0.0,
     stain_references: Sequence[HEStain] = (),
     stain_transfer_prob: float = 0.0,
+    volumes: bool = False,
+    window: Sequence[float] | None = None,
+    slice_axis: str = "axial",
 ) -> DataPipeline:
-    """Unlabeled training pipeline: the image only (any ``label`` in the item is removed), text kept.
+    """Unlabeled training pipeline: the image only (any ``label`` in the item is removed), text kept; of a volume,
+    one slice drawn from all its slices per read.
 
     Args:
         image_size, channels, augment, flip, rotate90, rotate_degrees, patch_size: as in :func:`train_transforms`.
@@ -288,6 +348,7 @@ def unlabeled_transforms(
             keeps the tile's own stain.
         stain_transfer_prob: probability of that transfer per strong view (0, no references or no strong view:
             none).
+        volumes, window, slice_axis: as in :func:`train_transforms`.
 
     Returns:
         a :class:`~dussss_monai.data.transforms.DataPipeline` (a :class:`monai.transforms.Compose`).
@@ -299,7 +360,7 @@ def unlabeled_transforms(
     transfer = strong_view and stain_transfer_prob > 0 and len(stain_references) > 0
     xforms: list[Any] = [
         DeleteItemsd(keys="label"),
-        LoadImage2Dd(["image"], mask_keys=(), channels=channels),
+        *_load(["image"], (), channels, volumes, window, slice_axis, draw="random"),
         *([EstimateHEStaind("image")] if transfer else []),  # the whole tile's stain, before cropping
         *to_network_size(["image"], image_size, patch_size, mask_keys=(), grounding_context=grounding_context),
     ]
@@ -331,19 +392,52 @@ def pretrain_transforms(
     flip: bool = True,
     rotate90: bool = True,
     rotate_degrees: float = 20.0,
+    volumes: bool = False,
+    window: Sequence[float] | None = None,
+    slice_axis: str = "axial",
 ) -> DataPipeline:
     """Stage-1 pipeline: ``image`` and ``image_aug``, two independently augmented views; no label.
 
     Each view gets its own random spatial augmentation and mild intensity jitter (scale +-10 %, gamma 0.8-1.25,
     Gaussian noise 0.02), then is clipped to ``[0, 1]``. ``text`` is kept (its augmentation is
-    :mod:`dussss_monai.data.text_augmentation`'s job).
+    :mod:`dussss_monai.data.text_augmentation`'s job). Of a volume, one slice is drawn per read as for stage 2's
+    labeled images (the mask, where there is one, only steers the draw) and ``text`` is that slice's sentence where
+    the item gives one; ``window`` and ``slice_axis`` as in :func:`train_transforms`.
     """
+    load = (
+        [
+            *_load(["image", "label"], ["label"], channels, True, window, slice_axis, "random", True),
+            DeleteItemsd("label"),
+        ]
+        if volumes
+        else [DeleteItemsd(keys="label"), LoadImage2Dd(["image"], mask_keys=(), channels=channels)]
+    )
     xforms: list[Any] = [
-        DeleteItemsd(keys="label"),
-        LoadImage2Dd(["image"], mask_keys=(), channels=channels),
+        *load,
         *resize(["image"], image_size),
         CopyItemsd(keys="image", times=1, names="image_aug"),
     ]
     xforms += _view_augmentations("image", flip, rotate90, rotate_degrees)
     xforms += _view_augmentations("image_aug", flip, rotate90, rotate_degrees)
     return DataPipeline(xforms + _finish(["image", "image_aug"]))
+
+
+def pretrain_validation_transforms(
+    image_size: int | Sequence[int] = 224,
+    channels: int | None = 1,
+    volumes: bool = False,
+    window: Sequence[float] | None = None,
+    slice_axis: str = "axial",
+) -> DataPipeline:
+    """Stage-1 validation pipeline: the image alone, resized, and ``text``. Of a volume, one fixed slice: the one with
+    the most foreground in its mask (the one with a sentence, where only some have one), so that every validation
+    reads the same image-sentence pairs (:class:`~dussss_monai.data.volumes.PickSliced`).
+    """
+    if not volumes:
+        return eval_transforms(image_size=image_size, channels=channels, keys=("image",))
+    xforms: list[Any] = [
+        *_load(["image", "label"], ["label"], channels, True, window, slice_axis, "pick", True),
+        DeleteItemsd("label"),
+        *resize(["image"], image_size),
+    ]
+    return DataPipeline(xforms + _finish(["image"]))
