@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
-__all__ = ["FlipTTAInferer", "AutocastInferer", "cpu_has_fast_bfloat16"]
+__all__ = ["FLIPS_2D", "FLIPS_SLICES", "FlipTTAInferer", "AutocastInferer", "cpu_has_fast_bfloat16"]
 
 #: no flip, horizontal, vertical, both: the four flips of a 2D image
 FLIPS_2D: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+#: the same four flips of every slice of a volume ``(B, C, H, W, D)`` (the slices lie along the last axis)
+FLIPS_SLICES: tuple[tuple[int, ...], ...] = ((), (-2,), (-3,), (-3, -2))
 
 
 class FlipTTAInferer(Inferer):

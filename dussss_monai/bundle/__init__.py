@@ -21,6 +21,7 @@ from dussss_monai.bundle.cli import (
 from dussss_monai.bundle.factories import (
     default_num_workers,
     feature_perturbation,
+    inference_postprocessing,
     labeled_sampler,
     make_inferer,
     matched_epoch_length,
@@ -50,6 +51,7 @@ __all__ = [
     "config_path",
     "default_num_workers",
     "feature_perturbation",
+    "inference_postprocessing",
     "install_error_hook",
     "prepare_run",
     "environment_versions",

@@ -10,6 +10,11 @@
   after its input and resize it back to the input's size.
 - :func:`inference_transforms` is the evaluation pipeline (the same loading, intensity scaling and
   resizing as validation and test) on the image alone, preceded by :class:`RecordOriginald`.
+
+3D NIfTI volumes (:mod:`~dussss_monai.data.volumes`) are segmented whole, slice by slice: their ``orig_size`` is the
+stored array shape, and the pipeline keeps MONAI's record of the orientation and resizing so that the prediction can
+be inverted onto the input's grid (:func:`dussss_monai.bundle.inference_postprocessing`). One run segments either
+volumes or 2D images.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from monai.transforms import Compose, MapTransform
 
 from dussss_monai.data.datalist import DATALIST_EXTENSIONS
 from dussss_monai.data.image_io import SUPPORTED_EXTENSIONS, is_supported_image, read_image_info
+from dussss_monai.data.volume_io import is_volume, read_volume_info
 from dussss_monai.errors import ConfigError, DatasetError
 from dussss_monai.utils.io import atomic_write_text
 
@@ -139,15 +145,29 @@ class InferenceInputs:
         self.items: list[dict[str, Any]] = []
         self.skipped: list[str] = []
         listed = list_images(path, split=split, recursive=recursive, columns=columns, image_dir=image_dir)
+        kinds: dict[bool, str] = {}
         for item in listed:
             try:
-                read_image_info(item["image"], verify=True)
+                volume = is_volume(item["image"])
+                if volume:
+                    read_volume_info(item["image"])
+                else:
+                    read_image_info(item["image"], verify=True)
             except DatasetError as e:
                 self.skipped += e.problems
             else:
                 self.items.append(item)
+                kinds.setdefault(volume, item["image"])
         if not self.items:
             raise DatasetError(self.skipped, header=f"none of the {len(listed)} input(s) in {path} can be read")
+        if len(kinds) > 1:
+            raise DatasetError(
+                [
+                    f"{path}: the inputs mix 3D volumes and 2D images (e.g. {kinds[True]} is a volume, {kinds[False]} "
+                    "a 2D image): segment them in two runs, e.g. from two folders"
+                ],
+                header="cannot segment volumes and 2D images in one run",
+            )
 
     def finish(self, output_dir: str | os.PathLike) -> int:
         """Write ``output_dir/skipped.txt`` (the skipped files and why) when any was skipped, and fail then.
@@ -174,12 +194,14 @@ class RecordOriginald(MapTransform):
     """Record the input file's absolute path and original ``(H, W)`` before it is loaded.
 
     Apply it to items whose ``keys`` still hold file paths. The size comes from the file header
-    (no pixels decoded), with the same orientation as :func:`~dussss_monai.data.image_io.read_image_2d`.
+    (no pixels decoded), with the same orientation as :func:`~dussss_monai.data.image_io.read_image_2d`; of a
+    3D volume, the array shape as stored (singleton dimensions included).
 
     Args:
         keys: the image key (one key).
         path_key: where to store the absolute path (a string).
-        size_key: where to store the size, an int64 tensor ``[H, W]`` (collated to ``(B, 2)``).
+        size_key: where to store the size, an int64 tensor ``[H, W]`` (collated to ``(B, 2)``); of a volume, the
+            stored shape.
 
     Raises:
         DatasetError: missing, unsupported or unreadable file (naming it).
@@ -203,8 +225,11 @@ class RecordOriginald(MapTransform):
                     f"RecordOriginald must run before the image is loaded: '{key}' holds {type(value).__name__}, not a path"
                 )
             path = Path(value).resolve()
-            info = read_image_info(path, verify=False)
             d[self.path_key] = str(path)
+            if is_volume(path):
+                d[self.size_key] = torch.tensor(read_volume_info(path).shape, dtype=torch.int64)
+                continue
+            info = read_image_info(path, verify=False)
             d[self.size_key] = torch.tensor([info.height, info.width], dtype=torch.int64)
         return d
 
@@ -214,19 +239,32 @@ def inference_transforms(
     channels: int | None = 1,
     image_key: str = "image",
     patch_size: int | Sequence[int] | None = None,
+    volumes: bool = False,
+    window: Sequence[float] | None = None,
+    slice_axis: str = "axial",
 ) -> Compose:
     """Inference pipeline: :class:`RecordOriginald`, then the evaluation pipeline on the image only.
 
     The loading, intensity scaling and resizing are exactly those of validation/test
     (:func:`dussss_monai.data.pipelines.eval_transforms`), so a model sees at inference what it was
     selected on. With ``patch_size`` (a model trained on native-resolution patches) the image keeps its
-    native size, for a sliding-window inferer.
+    native size, for a sliding-window inferer. With ``volumes`` the whole volume is kept as a ``MetaTensor`` that
+    records its orientation and resizing, for ``Invertd``; ``window`` and ``slice_axis`` as in training.
     """
     from dussss_monai.data.pipelines import eval_transforms
 
     return Compose(
         [
             RecordOriginald(image_key),
-            eval_transforms(image_size=image_size, channels=channels, keys=(image_key,), patch_size=patch_size),
+            eval_transforms(
+                image_size=image_size,
+                channels=channels,
+                keys=(image_key,),
+                patch_size=patch_size,
+                volumes=volumes,
+                window=window,
+                slice_axis=slice_axis,
+                track_meta=volumes,
+            ),
         ]
     )

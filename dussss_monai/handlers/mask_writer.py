@@ -15,6 +15,11 @@ pixel-centre sampling, consistent with how the input was resized), and writes it
   ``data[i, j] = mask[row j, column i]``, the orientation :func:`~dussss_monai.data.image_io.read_mask_2d`
   reads back.
 
+A 3D NIfTI volume gives one 3D mask, ``<stem>_mask.nii.gz`` (uint8 0/1): its ``pred`` has already been brought
+back onto the input's voxel grid and array order (:func:`dussss_monai.bundle.inference_postprocessing`, MONAI's
+``Invertd``), and the mask is written with the input's header (affine, qform and sform codes, voxel size, units) and
+array shape, so that it lies over the scan in any viewer. A prediction whose shape is not the input's is refused.
+
 Every file is written atomically. An output folder that cannot be created or written raises
 :class:`~dussss_monai.errors.DuSSSError` naming it, before anything is computed. Two inputs with the same
 file stem (e.g. from different folders of a datalist) get ``<stem>_mask.png`` and ``<stem>_1_mask.png``.
@@ -57,6 +62,15 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return mask.astype(bool)
     t = torch.from_numpy(mask.astype(np.float32))[None, None]
     return F.interpolate(t, size=tuple(int(s) for s in size), mode="nearest-exact")[0, 0].numpy() >= 0.5
+
+
+def _to_numpy(v: Any) -> np.ndarray:
+    return np.asarray(v.detach().float().cpu() if isinstance(v, torch.Tensor) else v)
+
+
+def _is_volume_prediction(pred: Any) -> bool:
+    """A one-channel prediction of a volume, ``(1, H, W, D)``."""
+    return len(getattr(pred, "shape", ())) == 4
 
 
 def _size(v: Any, name: str) -> tuple[int, int]:
@@ -128,7 +142,11 @@ class MaskWriter:
             self.write_item(item)
 
     def write_item(self, item: dict[str, Any]) -> Path:
-        """Write the mask of one per-sample dict (``pred``, ``image_path``, ``orig_size``); returns its path."""
+        """Write the mask of one per-sample dict (``pred``, ``image_path``, ``orig_size``); returns its path.
+
+        Raises:
+            ConfigError: a missing path, size or prediction; a volume's prediction not on the input's grid.
+        """
         path = item.get(self.path_key)
         if isinstance(path, (list, tuple)) and len(path) == 1:
             path = path[0]
@@ -142,21 +160,52 @@ class MaskWriter:
             raise ConfigError(f"{path}: no '{self.size_key}' in the inference item; run RecordOriginald before loading")
         if self.pred_key not in item:
             raise ConfigError(f"{path}: the engine output has no '{self.pred_key}' (keys: {sorted(item)})")
+        if _is_volume_prediction(item[self.pred_key]):
+            return self._write(path, ".nii.gz", self._volume_bytes(item, path))
         size = _size(item[self.size_key], path)
         mask = resize_mask(binarize(item[self.pred_key], self.threshold, self.logits, path), size)
         nifti_in = file_extension(path) in NIFTI_EXTENSIONS
         fmt = ("nifti" if nifti_in else "png") if self.output_format == "auto" else self.output_format
         ext = ".nii.gz" if fmt == "nifti" else ".png"
+        data = self._nifti_bytes(mask, path if nifti_in else None) if fmt == "nifti" else self._png_bytes(mask)
+        return self._write(path, ext, data)
+
+    def _write(self, path: str, ext: str, data: bytes) -> Path:
+        """Write ``data`` as ``<stem of path>_mask<ext>`` (``<stem>_<k>_mask<ext>`` when the name is taken)."""
         stem = file_stem(path)
         fname, k = f"{stem}_mask{ext}", 1
         while fname in self._names:
             fname, k = f"{stem}_{k}_mask{ext}", k + 1
         self._names.add(fname)
         dest = self.output_dir / fname
-        data = self._nifti_bytes(mask, path if nifti_in else None) if fmt == "nifti" else self._png_bytes(mask)
         atomic_write_bytes(dest, data)
         self.written.append(dest)
         return dest
+
+    def _volume_bytes(self, item: dict[str, Any], path: str) -> bytes:
+        """The NIfTI bytes of a volume's mask, with the input's header, refused unless on the input's grid."""
+        import nibabel as nib
+
+        if self.output_format == "png":
+            raise ConfigError(f"{path}: a volume's mask is written as NIfTI; use output_format auto or nifti")
+        pred = _to_numpy(item[self.pred_key])
+        prob = 1.0 / (1.0 + np.exp(-np.clip(pred[0], -80.0, 80.0))) if self.logits else pred[0]
+        mask = prob >= self.threshold
+        stored = tuple(int(s) for s in np.asarray(_to_numpy(item[self.size_key])).reshape(-1))
+        if tuple(s for s in stored if s != 1) != tuple(s for s in mask.shape if s != 1):
+            raise ConfigError(
+                f"{path}: the prediction's shape {tuple(mask.shape)} is not the volume's {stored}: invert the "
+                "inference pipeline first (dussss_monai.bundle.inference_postprocessing with volumes=True)"
+            )
+        ref = cast(nib.Nifti1Image, nib.load(path))
+        header = ref.header.copy()
+        img = nib.Nifti1Image(np.ascontiguousarray(mask.astype(np.uint8).reshape(stored)), ref.affine, header=header)
+        img.header.set_data_dtype(np.uint8)
+        img.header.set_slope_inter(1.0, 0.0)
+        img.header["cal_min"], img.header["cal_max"] = 0, 1
+        img.header.set_qform(ref.header.get_qform(), code=int(ref.header["qform_code"]))
+        img.header.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
+        return gzip.compress(img.to_bytes(), compresslevel=6)
 
     @staticmethod
     def _png_bytes(mask: np.ndarray) -> bytes:

@@ -31,6 +31,12 @@ Conventions (stated here once, used everywhere):
   When both the ground truth and the prediction are empty, **Dice = IoU = 1** (a correct "nothing
   here"); when exactly one of them is empty, both are 0.
 
+Volumes (``pred`` and ``label`` of shape ``(1, H, W, D)``, predicted slice by slice): a row of
+``per_image_metrics.csv`` is a volume and its **3D Dice** and IoU over all its voxels; ``per_slice_metrics.csv`` holds
+one row per slice (``name, slice, dice, iou, label_voxels, pred_voxels``), and the summary adds the mean slice Dice
+over all slices and over the slices whose ground truth holds foreground. The overlay of a volume is its slice with
+the most ground-truth foreground.
+
 The handler reads the engine's batch and output after postprocessing: ``engine.state.batch`` gives
 ``name``, ``text`` and ``image``; ``engine.state.output`` gives ``pred`` and ``label``. Both the decollated
 form (a list of per-image dicts, MONAI's default) and the batched form (a dict of batch-first tensors and
@@ -57,7 +63,17 @@ from dussss_monai.utils.io import atomic_write_bytes, atomic_write_json, atomic_
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["SegmentationReport", "dice_iou", "binarize", "iterate_items", "file_stem", "overlay_image"]
+__all__ = [
+    "SegmentationReport",
+    "dice_iou",
+    "binarize",
+    "iterate_items",
+    "file_stem",
+    "overlay_image",
+    "slice_rows",
+    "shown_slice",
+    "slice_summary",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +86,33 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def binarize(pred: Any, threshold: float = 0.5, logits: bool = False, name: str = "") -> np.ndarray:
-    """Foreground of a one-channel prediction as a boolean array ``(H, W)``.
+def binarize(
+    pred: Any, threshold: float = 0.5, logits: bool = False, name: str = "", volume: bool = False
+) -> np.ndarray:
+    """Foreground of a one-channel prediction as a boolean array ``(H, W)`` (``volume``: ``(H, W, D)``).
 
     Args:
-        pred: ``(1, H, W)`` or ``(H, W)`` tensor/array: probabilities or a binary mask (``logits=False``),
-            or logits (``logits=True``).
+        pred: ``(1, H, W)`` or ``(H, W)`` tensor/array (``volume``: ``(1, H, W, D)`` or ``(H, W, D)``): probabilities
+            or a binary mask (``logits=False``), or logits (``logits=True``).
         threshold: foreground is ``probability >= threshold``.
         logits: apply a sigmoid first.
         name: image name for error messages.
+        volume: the prediction is a volume.
 
     Raises:
         ConfigError: more than one channel, or values outside ``[0, 1]`` while ``logits=False``.
     """
     arr = _to_numpy(pred)
-    if arr.ndim == 3:
+    dims = 3 if volume else 2
+    if arr.ndim == dims + 1:
         if arr.shape[0] != 1:
             raise ConfigError(
                 f"{name or 'prediction'}: expected a one-channel prediction, got shape {tuple(arr.shape)}"
             )
         arr = arr[0]
-    if arr.ndim != 2:
-        raise ConfigError(f"{name or 'prediction'}: expected a 2D prediction (1, H, W), got shape {tuple(arr.shape)}")
+    if arr.ndim != dims:
+        what = "a volume (1, H, W, D)" if volume else "a 2D prediction (1, H, W)"
+        raise ConfigError(f"{name or 'prediction'}: expected {what}, got shape {tuple(arr.shape)}")
     if logits:
         arr = 1.0 / (1.0 + np.exp(-np.clip(arr, -80.0, 80.0)))
     elif arr.size and (float(arr.min()) < 0.0 or float(arr.max()) > 1.0):
@@ -117,6 +138,59 @@ def dice_iou(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
         return 1.0, 1.0
     union = sp + sg - inter
     return 2.0 * inter / (sp + sg), inter / union
+
+
+def slice_rows(name: str, pred: np.ndarray, label: np.ndarray) -> list[dict[str, Any]]:
+    """One row per slice (the last axis) of a volume's boolean prediction and ground truth: ``name``, ``slice``,
+    ``dice``, ``iou``, ``label_voxels``, ``pred_voxels``."""
+    rows = []
+    for k in range(pred.shape[-1]):
+        dice, iou = dice_iou(pred[..., k], label[..., k])
+        rows.append(
+            {
+                "name": name,
+                "slice": k,
+                "dice": dice,
+                "iou": iou,
+                "label_voxels": int(label[..., k].sum()),
+                "pred_voxels": int(pred[..., k].sum()),
+            }
+        )
+    return rows
+
+
+def shown_slice(pred: np.ndarray, label: np.ndarray) -> int:
+    """The slice a volume's overlay shows: the most ground-truth foreground, else the most predicted, else the
+    middle."""
+    for mask in (label, pred):
+        per_slice = mask.reshape(-1, mask.shape[-1]).sum(0)
+        if per_slice.max() > 0:
+            return int(np.argmax(per_slice))
+    return pred.shape[-1] // 2
+
+
+def slice_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The slice scores of a report's summary: their number and mean Dice over all slices and over the slices whose
+    ground truth holds foreground (empty-empty slices score 1 and would flatter the first)."""
+    dices = np.asarray([r["dice"] for r in rows], dtype=np.float64)
+    lesion = np.asarray([r["dice"] for r in rows if r["label_voxels"] > 0], dtype=np.float64)
+    return {
+        "n_slices": len(rows),
+        "mean_slice_dice": float(dices.mean()) if dices.size else None,
+        "n_slices_with_foreground": int(lesion.size),
+        "mean_slice_dice_with_foreground": float(lesion.mean()) if lesion.size else None,
+    }
+
+
+def slice_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The text of ``per_slice_metrics.csv``."""
+    buf = io.StringIO()
+    fields = ["name", "slice", "dice", "iou", "label_voxels", "pred_voxels"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "dice": f"{r['dice']:.6f}", "iou": f"{r['iou']:.6f}"})
+    return buf.getvalue()
 
 
 def file_stem(name: str) -> str:
@@ -252,6 +326,7 @@ class SegmentationReport:
     """
 
     CSV_NAME = "per_image_metrics.csv"
+    SLICE_CSV_NAME = "per_slice_metrics.csv"
     SUMMARY_NAME = "summary.json"
 
     def __init__(
@@ -283,6 +358,7 @@ class SegmentationReport:
         self.pred_key, self.label_key = pred_key, label_key
         self.logits = bool(logits)
         self.rows: list[dict[str, Any]] = []
+        self.slice_rows: list[dict[str, Any]] = []
         self._overlays = 0
         self._overlay_names: set[str] = set()
         self.summary: dict[str, Any] | None = None
@@ -317,6 +393,7 @@ class SegmentationReport:
     def reset(self) -> None:
         """Forget the rows of the previous epoch."""
         self.rows = []
+        self.slice_rows = []
         self._overlays = 0
         self._overlay_names = set()
         self.summary = None
@@ -333,8 +410,9 @@ class SegmentationReport:
                     f"{name}: no ground-truth '{self.label_key}' to score against (keys: {sorted(item)}); "
                     "SegmentationReport needs labelled data"
                 )
-            pred = binarize(item[self.pred_key], self.threshold, self.logits, name)
-            label = binarize(item[self.label_key], 0.5, False, name)
+            volume = np.ndim(item[self.pred_key]) == 4
+            pred = binarize(item[self.pred_key], self.threshold, self.logits, name, volume)
+            label = binarize(item[self.label_key], 0.5, False, name, volume)
             if pred.shape != label.shape:
                 raise ConfigError(
                     f"{name}: prediction {pred.shape} and label {label.shape} differ in size; resize both to the "
@@ -344,8 +422,14 @@ class SegmentationReport:
             row: dict[str, Any] = {"name": name, "dice": dice, "iou": iou, "text": _as_str(item.get(self.text_key))}
             self.rows.append(row)
             new.append(row)
+            image = item.get(self.image_key)
+            if volume:
+                self.slice_rows += slice_rows(name, pred, label)
+                k = shown_slice(pred, label)
+                image = None if image is None else _to_numpy(image)[..., k]
+                pred, label = pred[..., k], label[..., k]
+                name = f"{file_stem(name)}_slice{k:03d}"
             if self.overlay_dir is not None and (self.max_overlays is None or self._overlays < self.max_overlays):
-                image = item.get(self.image_key)
                 if image is not None:
                     self._write_overlay(name, row["text"], image, label, pred, dice)
         return new
@@ -363,23 +447,25 @@ class SegmentationReport:
         atomic_write_bytes(self.overlay_dir / fname, overlay_image(image, label, pred, title))
         self._overlays += 1
 
-    def _gathered_rows(self) -> list[dict[str, Any]] | None:
-        """All ranks' rows on rank 0 (``None`` on other ranks); the local rows when not distributed."""
+    def _gathered_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """All ranks' rows and slice rows on rank 0 (``None`` on other ranks); the local ones when not
+        distributed."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return self.rows
+            return self.rows, self.slice_rows
         gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, self.rows)
+        dist.all_gather_object(gathered, (self.rows, self.slice_rows))
         if dist.get_rank() != 0:
             return None
-        return [r for part in gathered for r in (part or [])]
+        return [r for part in gathered for r in part[0]], [r for part in gathered for r in part[1]]
 
     def write(self) -> dict[str, Any] | None:
         """Write the CSV and the summary of the rows so far; returns the summary (``None`` off rank 0)."""
-        rows = self._gathered_rows()
-        if rows is None:
+        gathered = self._gathered_rows()
+        if gathered is None:
             return None
+        rows, slices = gathered
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["name", "dice", "iou", "text"], lineterminator="\n")
         writer.writeheader()
@@ -394,22 +480,31 @@ class SegmentationReport:
         def stat(a: np.ndarray, f) -> float | None:
             return float(f(a)) if a.size else None
 
-        summary = {
+        conventions = {
+            "resolution": "scored on the grid of the evaluator's pred and label (224x224 in the bundles: "
+            "eval transforms or score_size post-processing; masks resized with nearest neighbour)",
+            "empty_masks": "Dice = IoU = 1 when prediction and ground truth are both empty; 0 when only one is",
+            "std": "population standard deviation across images (ddof=0)",
+            "foreground": f"probability >= {self.threshold}",
+        }
+        summary: dict[str, Any] = {
             "n": n,
             "mean_dice": stat(dices, np.mean),
             "std_dice": stat(dices, np.std),
             "mean_iou": stat(ious, np.mean),
             "std_iou": stat(ious, np.std),
             "threshold": self.threshold,
-            "conventions": {
-                "resolution": "scored on the grid of the evaluator's pred and label (224x224 in the bundles: "
-                "eval transforms or score_size post-processing; masks resized with nearest neighbour)",
-                "empty_masks": "Dice = IoU = 1 when prediction and ground truth are both empty; 0 when only one is",
-                "std": "population standard deviation across images (ddof=0)",
-                "foreground": f"probability >= {self.threshold}",
-            },
+            "conventions": conventions,
         }
+        if slices:
+            summary.update(slice_summary(slices))
+            conventions["volumes"] = (
+                "a row of per_image_metrics.csv is a volume: Dice and IoU over all its voxels (3D); "
+                f"{self.SLICE_CSV_NAME} scores every slice"
+            )
         ensure_writable_dir(self.output_dir)
+        if slices:
+            atomic_write_text(self.output_dir / self.SLICE_CSV_NAME, slice_csv(slices))
         atomic_write_text(self.output_dir / self.CSV_NAME, buf.getvalue())
         atomic_write_json(self.output_dir / self.SUMMARY_NAME, summary)
         if n:

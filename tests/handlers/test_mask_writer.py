@@ -152,3 +152,19 @@ def test_errors(tmp_path):
         w.write_item({"pred": torch.zeros(1, 4, 4)})
     with pytest.raises(ConfigError, match="logits"):
         w.write_item({"pred": torch.full((1, 4, 4), 3.0), "image_path": "x.png", "orig_size": [4, 4]})
+
+
+def test_a_volume_mask_keeps_the_input_header_and_refuses_another_grid(tmp_path):
+    volume = _nifti(tmp_path / "ct.nii.gz", shape=(12, 10, 6, 1), affine=np.diag([-0.7, -0.8, 2.5, 1.0]))
+    size = RecordOriginald("image")({"image": str(volume)})["orig_size"]
+    assert size.tolist() == [12, 10, 6, 1]  # the stored shape, singleton dimension included
+    writer = MaskWriter(tmp_path / "out")
+    pred = torch.zeros(1, 12, 10, 6)
+    pred[0, 8:, :3, 4] = 0.9  # probabilities on the input's grid, in its array order
+    path = writer.write_item({"pred": pred, "image_path": str(volume), "orig_size": size})
+    written = nib.load(str(path))
+    assert path.name == "ct_mask.nii.gz" and written.shape == (12, 10, 6, 1)
+    assert np.allclose(written.affine, nib.load(str(volume)).affine)
+    assert np.array_equal(np.asarray(written.dataobj)[..., 0], (pred[0] >= 0.5).numpy().astype(np.uint8))
+    with pytest.raises(ConfigError, match="is not the volume's"):
+        writer.write_item({"pred": torch.zeros(1, 10, 12, 6), "image_path": str(volume), "orig_size": size})

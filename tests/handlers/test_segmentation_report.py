@@ -155,3 +155,20 @@ def test_with_monai_evaluator(tmp_path):
     assert len(list((tmp_path / "eval" / "overlays").iterdir())) == 2
     ev.run()  # a second evaluation rewrites the report instead of appending
     assert len(list(csv.DictReader(open(tmp_path / "eval" / "per_image_metrics.csv", newline="")))) == 3
+
+
+def test_volumes_are_scored_in_3d_and_per_slice(tmp_path):
+    label = torch.zeros(1, 8, 8, 4)
+    label[0, 2:6, 2:6, 1:3] = 1  # 32 voxels on slices 1 and 2
+    pred = torch.zeros(1, 8, 8, 4)
+    pred[0, 2:6, 2:6, 1] = 1  # slice 1 right, slice 2 missed, 4 false voxels on slice 3
+    pred[0, 0, 0:4, 3] = 1
+    report = SegmentationReport(tmp_path, overlay_dir="overlays")
+    (row,) = report.update([{"name": "ct.nii.gz", "pred": pred, "label": label, "image": torch.rand(1, 8, 8, 4)}])
+    assert row["dice"] == pytest.approx(2 * 16 / (20 + 32))  # over all voxels of the volume
+    summary = report.write()
+    slices = list(csv.DictReader(open(tmp_path / "per_slice_metrics.csv", newline="")))
+    assert [float(r["dice"]) for r in slices] == [1.0, 1.0, 0.0, 0.0]
+    assert summary["n_slices"] == 4 and summary["n_slices_with_foreground"] == 2
+    assert summary["mean_slice_dice_with_foreground"] == pytest.approx(0.5)
+    assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["ct_slice001_overlay.png"]
