@@ -119,7 +119,8 @@ BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
         "inference.json": {"patch_size": 256, "flip_tta": True},
     },
     "dussss_bmseg": {
-        "common": {"dataset_dir": "data/BM-Seg"},
+        # CT volumes: the bone window (level 400, width 1800 HU); 2D slices keep their own scaling
+        "common": {"dataset_dir": "data/BM-Seg", "intensity_window": [-500, 1300]},
         "pretrain.json": {"max_epochs": 50},
         "train.json": {"learning_rate": 0.0003, "batch_size": 16, "augment_flip": True, "augment_rot90": True},
     },

@@ -1,9 +1,10 @@
 """The settings that build a trained network travel with its weights.
 
 Training writes ``model.json`` beside ``model.pt``: the settings its network and its input pipeline were built with
-(:data:`MODEL_SETTINGS`: channels, sizes, the U-Net's shape). The file is a MONAI config layer, so it can be added to
-any command (``--config_file "['configs/inference.json','runs/x/models/model.json']"``, e.g. for ``ckpt_export``),
-and evaluation and inference read it by themselves (:func:`apply_model_record`): a model trained with other network
+(:data:`MODEL_SETTINGS`: channels, sizes, the U-Net's shape, the intensity window and slice axis of volumes). The file
+is a MONAI config layer, so it can be added to any command
+(``--config_file "['configs/inference.json','runs/x/models/model.json']"``, e.g. for ``ckpt_export``), and
+evaluation and inference read it by themselves (:func:`apply_model_record`): a model trained with other network
 settings than a config's defaults is used without repeating them. A setting given on the command line that differs
 from the record is refused, naming each difference, instead of failing later on a page of tensor-shape mismatches.
 """
@@ -22,7 +23,17 @@ from dussss_monai.utils.io import atomic_write_json
 __all__ = ["MODEL_SETTINGS", "model_record_path", "write_model_record", "read_model_record", "apply_model_record"]
 
 #: the settings a student network and its input pipeline are built from
-MODEL_SETTINGS = ("in_channels", "image_size", "patch_size", "score_size", "unet_channels", "unet_strides", "unet_norm")
+MODEL_SETTINGS = (
+    "in_channels",
+    "image_size",
+    "patch_size",
+    "score_size",
+    "unet_channels",
+    "unet_strides",
+    "unet_norm",
+    "intensity_window",
+    "slice_axis",
+)
 
 
 def model_record_path(checkpoint: str | os.PathLike) -> Path:

@@ -117,6 +117,17 @@ SETTINGS: dict[str, Setting] = {
     ),
     # images and network
     "in_channels": _s("integer", "image channels: 1 (grey) or 3 (colour)", enum=[1, 3]),
+    "intensity_window": _s(
+        "array|null",
+        "3D volumes: the intensities [low, high] scaled to [0, 1] (CT: Hounsfield units; null: each volume's range)",
+        items={"type": "number"},
+        minItems=2,
+        maxItems=2,
+    ),
+    "slice_axis": _s(
+        "string", "3D volumes: the axis they are cut along into 2D slices", enum=["axial", "coronal", "sagittal"]
+    ),
+    "slices_per_volume": _s("integer", "3D volumes: slices drawn from each training volume per epoch", minimum=1),
     "image_size": _s("integer", "the size images are resized to (the VLM's input)", minimum=8),
     "patch_size": _s("integer|null", "train on native-resolution patches of this size (null: resize)", minimum=8),
     "score_size": _s(
@@ -195,7 +206,7 @@ COMPONENTS: frozenset[str] = frozenset(
         "data_source", "method", "text_sections", "grounding_context", "stage1_checkpoint",
         "eval_items", "inputs", "stain_references", "strong_stain_references", "preprocessing", "dataset", "dataloader",
         "inferer", "postprocessing", "handlers", "evaluator", "train", "validate", "run_folder", "trained",
-        "model_record", "is_main_rank", "initialize", "training", "evaluating", "run", "finalize", "_meta_",
+        "model_record", "is_main_rank", "initialize", "training", "evaluating", "run", "finalize", "_meta_", "volumes",
     }
 )  # fmt: skip
 
