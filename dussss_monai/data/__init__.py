@@ -7,7 +7,6 @@ See ``docs/data_format.md`` for the formats and every check's message.
 from __future__ import annotations
 
 from dussss_monai.data.checks import check_dataset, collect_problems
-from dussss_monai.data.ct_volumes import generate_ct_volumes
 from dussss_monai.data.datalist import DatasetSource, load_datalist, read_dataset, save_datalist
 from dussss_monai.data.demo import generate_demo_dataset
 from dussss_monai.data.image_io import read_image_2d, read_image_info, read_mask_2d
@@ -57,7 +56,6 @@ __all__ = [
     "split_filename",
     "prepare_datalist",
     "generate_demo_dataset",
-    "generate_ct_volumes",
     "holds_volumes",
     "RandSliced",
     "DataPipeline",

@@ -146,7 +146,7 @@ def test_checks_accept_volumes_and_report_geometry_problems_at_once(tmp_path):
 
 
 def test_holds_volumes_and_the_generated_ct_set(tmp_path):
-    from dussss_monai.data import generate_ct_volumes
+    from dussss_monai.data.ct_volumes import generate_ct_volumes
 
     path = generate_ct_volumes(tmp_path / "ct", n_train=3, n_val=1, n_test=1, shape=(32, 32, 16), seed=3)
     listed = json.loads(path.read_text())
