@@ -42,7 +42,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from bundle_runner import run_bundle, training_configs  # noqa: E402
+from bundle_runner import parse_extra, run_bundle, training_configs  # noqa: E402
 
 from dussss_monai.errors import DuSSSError  # noqa: E402
 from dussss_monai.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
@@ -64,20 +64,6 @@ TITLES = {
     "dussss": "DuSSS",
     "dussss_rotated": "DuSSS, rotated sentences (control)",
 }
-
-
-def parse_extra(items: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` items as bundle overrides (VALUE parsed as JSON where it can be)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise DuSSSError(f"--extra expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
 
 
 def write_split(dataset_dir: Path, folder: Path, ratio: float, seed: int) -> Path:

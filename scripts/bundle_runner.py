@@ -12,8 +12,9 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from dussss_monai.errors import DuSSSError
 
@@ -38,6 +39,24 @@ def training_configs(configs: Path, method: str, *more: str) -> list[Path]:
     if method not in METHOD_LAYERS:
         raise DuSSSError(f"unknown method {method!r}; choose from {', '.join(METHOD_LAYERS)}")
     return [configs / "train.json", *(configs / name for name in (*METHOD_LAYERS[method], *more))]
+
+
+def parse_extra(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as bundle overrides (VALUE parsed as JSON where it can be).
+
+    Raises:
+        DuSSSError: an item without ``=`` or without a key.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise DuSSSError(f"--extra expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def _literal(value: object) -> str:

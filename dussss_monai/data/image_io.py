@@ -308,14 +308,29 @@ def check_pixels(path: PathLike) -> None:
     Raises:
         DatasetError: naming the file and what is wrong (and any problem of :func:`read_image_2d`'s reading).
     """
-    arr = _decode(path)
+    _check_values(path, _decode(path), "image", "values")
+
+
+def _check_values(path: PathLike, arr: np.ndarray, kind: str, unit: str) -> None:
+    """Refuse NaN or infinite values, or one value everywhere, in the decoded array of ``path``.
+
+    Args:
+        path: the file the values came from (named in the message).
+        arr: its decoded values.
+        kind: what the file holds, for the message (``"image"``, ``"volume"``).
+        unit: what its values are called (``"values"``, ``"voxels"``).
+
+    Raises:
+        DatasetError: naming the file and what is wrong.
+    """
     if np.issubdtype(arr.dtype, np.floating):
         finite = np.isfinite(arr)
         if not finite.all():
             bad = int(arr.size - np.count_nonzero(finite))
-            raise _fail(path, f"image contains NaN or infinite values ({bad} of {arr.size} values)")
+            raise _fail(path, f"{kind} contains NaN or infinite values ({bad} of {arr.size} {unit})")
     if arr.size and arr.min() == arr.max():
-        raise _fail(path, f"image is constant (every value {arr.flat[0]}): an empty or failed export")
+        every = "value" if unit == "values" else unit.rstrip("s")
+        raise _fail(path, f"{kind} is constant (every {every} {arr.flat[0]}): an empty or failed export")
 
 
 def read_image_2d(

@@ -22,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dussss_monai.data.image_io import MAX_SIZE, MIN_SIZE, NIFTI_EXTENSIONS, _check_file, _fail, _short, file_extension
+from dussss_monai.data.image_io import (
+    MAX_SIZE,
+    MIN_SIZE,
+    NIFTI_EXTENSIONS,
+    _check_file,
+    _check_values,
+    _fail,
+    _short,
+    file_extension,
+)
 from dussss_monai.errors import DatasetError
 
 __all__ = [
@@ -136,13 +145,7 @@ def check_volume_pixels(path: PathLike) -> None:
     data = _voxels(path)
     if not np.issubdtype(data.dtype, np.number):
         raise _fail(path, f"NIfTI data type {data.dtype} is not numeric")
-    if np.issubdtype(data.dtype, np.floating):
-        finite = np.isfinite(data)
-        if not finite.all():
-            bad = int(data.size - np.count_nonzero(finite))
-            raise _fail(path, f"volume contains NaN or infinite values ({bad} of {data.size} voxels)")
-    if data.size and data.min() == data.max():
-        raise _fail(path, f"volume is constant (every voxel {data.flat[0]}): an empty or failed export")
+    _check_values(path, data, "volume", "voxels")
 
 
 def volume_mask_problems(mask: PathLike, image: VolumeInfo, image_path: PathLike) -> list[str]:

@@ -118,6 +118,10 @@ def test_checks_accept_volumes_and_report_geometry_problems_at_once(tmp_path):
     asr_mask = save(tmp_path / "masks" / "asr.nii.gz", to_asr(mask), asr_affine())
     four_d = save(tmp_path / "images" / "series.nii.gz", np.stack([image, image], -1), np.eye(4))
     nonbinary = save(tmp_path / "masks" / "grey.nii.gz", (mask * 3 + (mask.sum() > 0)).astype(np.int16), np.eye(4))
+    with_nan = image.astype(np.float32)
+    with_nan[0, 0, :3] = np.nan
+    nan_volume = save(tmp_path / "images" / "nan.nii.gz", with_nan, np.eye(4))
+    blank = save(tmp_path / "images" / "blank.nii.gz", np.full(image.shape, -1000, np.int16), np.eye(4))
     png = tmp_path / "slice.png"
     from PIL import Image
 
@@ -131,6 +135,8 @@ def test_checks_accept_volumes_and_report_geometry_problems_at_once(tmp_path):
             {"image": str(four_d), "name": "series", "text": "t"},
             {"image": good["image"], "label": str(nonbinary), "name": "grey", "text": "t"},
             {"image": str(png), "name": "png", "text": "t"},
+            {"image": str(nan_volume), "name": "nan", "text": "t"},
+            {"image": str(blank), "name": "blank", "text": "t"},
         ],
         "validation": [{**good, "slice_texts": {"a": "x"}, "name": "v"}],
     }
@@ -143,6 +149,8 @@ def test_checks_accept_volumes_and_report_geometry_problems_at_once(tmp_path):
     assert f"{nonbinary}: mask is not binary" in problems
     assert "the data mix 3D volumes and 2D images" in problems and "slice.png a 2D image" in problems
     assert "'slice_texts' key 'a' is not a slice index" in problems
+    assert f"{nan_volume}: volume contains NaN or infinite values (3 of {image.size} voxels)" in problems
+    assert f"{blank}: volume is constant (every voxel -1000)" in problems
 
 
 def test_holds_volumes_and_the_generated_ct_set(tmp_path):
