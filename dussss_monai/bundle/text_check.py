@@ -34,7 +34,7 @@ import torch
 
 from dussss_monai.bundle.run_folder import RECORD_NAME
 from dussss_monai.errors import CheckpointError, ConfigError, DuSSSError
-from dussss_monai.refiner import VLMPseudoLabelRefiner, rotate
+from dussss_monai.refiner import VLMPseudoLabelRefiner
 from dussss_monai.utils.io import safe_torch_load
 
 __all__ = ["MARGIN", "PseudoLabelMasks", "TextCheck", "load_run", "check_samples", "pseudo_label_masks", "main"]
@@ -136,7 +136,8 @@ def load_run(run_dir: str | Path) -> Any:
 
 def check_samples(parser: Any, split: str, samples_per_image: int, seed: int) -> list[dict[str, Any]]:
     """The images of ``split`` as stage 2 reads unlabeled images (the run's size, or patches with the whole image
-    as grounding context), each with a mask and ``rotated_text`` (the next image's sentence).
+    as grounding context; volumes: ``samples_per_image`` slices drawn as in training, each with its sentence), each
+    with a mask and ``rotated_text`` (the sentence of the same draw of the next image).
 
     Raises:
         ConfigError: ``split`` unknown, without masks, or with fewer than two images.
@@ -151,17 +152,26 @@ def check_samples(parser: Any, split: str, samples_per_image: int, seed: int) ->
             f"the text check needs at least 2 {split} images with masks, found {len(items)}"
             + ("; the unlabeled images have no masks here: use --split validation" if split == "unlabeled" else "")
         )
+    volumes = bool(parser.get_parsed_content("volumes"))
     pipeline = train_transforms(
         image_size=parser.get_parsed_content("image_size"),
         channels=parser.get_parsed_content("in_channels"),
         augment=False,
         patch_size=parser.get_parsed_content("patch_size"),
         grounding_context=True,
+        volumes=volumes,
+        window=parser.get_parsed_content("intensity_window") if volumes else None,
+        slice_axis=parser.get_parsed_content("slice_axis") if volumes else "axial",
     )
     pipeline.set_random_state(seed=seed)
-    others = rotate([str(item["text"]) for item in items])
-    draws = samples_per_image if parser.get_parsed_content("patch_size") else 1
-    return [{**pipeline(item), "rotated_text": other} for item, other in zip(items, others) for _ in range(draws)]
+    draws = samples_per_image if volumes or parser.get_parsed_content("patch_size") else 1
+    drawn = [[pipeline(item) for _ in range(draws)] for item in items]
+    rotated = drawn[1:] + drawn[:1]  # as refiner.rotate: each image gets its neighbour's sentence
+    return [
+        {**sample, "rotated_text": str(other["text"])}
+        for samples, others in zip(drawn, rotated)
+        for sample, other in zip(samples, others)
+    ]
 
 
 def pseudo_label_masks(
@@ -257,8 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="the output_dir of a finished DuSSS stage-2 run")
     p.add_argument("--checkpoint", default=None, help="a training checkpoint (default: the run's training_final.pt)")
     p.add_argument("--split", default="validation", help="validation (default) or unlabeled (when they have masks)")
-    p.add_argument("--samples_per_image", type=int, default=8, help="patches per image in patch training")
-    p.add_argument("--seed", type=int, default=0, help="draws the patches")
+    p.add_argument(
+        "--samples_per_image", type=int, default=8, help="patches per image in patch training, slices per volume"
+    )
+    p.add_argument("--seed", type=int, default=0, help="draws the patches or slices")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of words")
     args = p.parse_args(argv)
     try:

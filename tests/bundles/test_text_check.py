@@ -82,3 +82,37 @@ def test_targets_of_each_sample_and_the_control_with_another_sentence():
     calls.clear()
     text_check.pseudo_label_masks(Teacher(), refiner, [patch], batch_size=2)
     assert calls == [((1, 1, 4, 4), False)] * 2
+
+
+class _Parser:
+    """The few parsed settings :func:`text_check.check_samples` reads from a run's config."""
+
+    def __init__(self, **content):
+        self.content = content
+
+    def get_parsed_content(self, key):
+        return self.content[key]
+
+
+def test_volumes_are_checked_on_slices_drawn_as_in_training(tmp_path):
+    from volume_phantoms import write_pair
+
+    items = []
+    for i, text in enumerate(("Lesion in the left upper part.", "Lesion in the right lower part.")):
+        image, mask = write_pair(tmp_path, f"case{i}", "ASR" if i else "LPS")
+        items.append({"image": str(image), "label": str(mask), "text": text, "name": f"case{i}"})
+    parser = _Parser(
+        datalist={"validation": items},
+        image_size=16,
+        in_channels=1,
+        patch_size=None,
+        volumes=True,
+        intensity_window=[0, 1000],
+        slice_axis="axial",
+    )
+    samples = text_check.check_samples(parser, "validation", 3, 0)
+    assert len(samples) == 6  # 3 slices of each volume
+    for k, sample in enumerate(samples):
+        assert tuple(sample["image"].shape) == tuple(sample["label"].shape) == (1, 16, 16)
+        own, other = items[k // 3]["text"], items[1 - k // 3]["text"]
+        assert (sample["text"], sample["rotated_text"]) == (own, other)
