@@ -38,31 +38,24 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "benchmarks"):
+for _path in (REPO, REPO / "benchmarks", REPO / "scripts"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+
+from bundle_runner import parse_extra  # noqa: E402
 
 from dussss_monai.errors import ConfigError  # noqa: E402
 from dussss_monai.refiner import rotate  # noqa: E402  (each image gets its neighbour's sentence)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["a=1", "b=[2,3]", "c=x"]`` -> ``{"a": 1, "b": [2, 3], "c": "x"}`` (JSON where it parses, else the string).
+    """``["a=1", "b=[2,3]", "c=x"]`` -> ``{"a": 1, "b": [2, 3], "c": "x"}``: ``bundle_runner.parse_extra`` for ``--set``.
 
     Raises:
         ConfigError: for an item without ``=``.
     """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
+    return parse_extra(items, option="--set")
 
 
 def dice(logits: torch.Tensor, target: torch.Tensor) -> float:

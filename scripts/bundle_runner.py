@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dussss_monai.errors import DuSSSError
+from dussss_monai.errors import ConfigError, DuSSSError
 
 __all__ = ["REPO_ROOT", "BUNDLES_DIR", "METHOD_LAYERS", "training_configs", "bundle_command", "run_bundle"]
 
@@ -41,17 +41,18 @@ def training_configs(configs: Path, method: str, *more: str) -> list[Path]:
     return [configs / "train.json", *(configs / name for name in (*METHOD_LAYERS[method], *more))]
 
 
-def parse_extra(items: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` items as bundle overrides (VALUE parsed as JSON where it can be).
+def parse_extra(items: Sequence[str], option: str = "--extra") -> dict[str, Any]:
+    """``KEY=VALUE`` items as bundle overrides (VALUE parsed as JSON where it can be); ``option`` names the
+    command-line option in the error.
 
     Raises:
-        DuSSSError: an item without ``=`` or without a key.
+        ConfigError: an item without ``=`` or without a key (a :class:`DuSSSError`).
     """
     out: dict[str, Any] = {}
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise DuSSSError(f"--extra expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{option} expects KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except ValueError:
