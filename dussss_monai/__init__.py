@@ -16,6 +16,6 @@ Sub-packages, one concept each:
 
 from dussss_monai.errors import CheckpointError, ConfigError, DatasetError, DuSSSError
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 __all__ = ["__version__", "DuSSSError", "DatasetError", "CheckpointError", "ConfigError"]

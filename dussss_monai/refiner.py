@@ -199,7 +199,7 @@ class VLMPseudoLabelRefiner(nn.Module):
         image = images if getattr(self.grounding_decoder, "uses_image", False) else None
         size = None if boxes is None else self._crop_size(images, boxes)
         features = self.grounding_decoder.pixel_features(patches, grid, image, boxes, size)
-        feature_logits = self.grounding_decoder.text_logits(features, text_embed, out_size=None)
+        feature_logits = self.grounding_decoder.text_logits(features, text_embed, out_size=None, boxes=boxes)
         out_size = tuple(images.shape[-2:]) if size is None else size
         text_logits = feature_logits  # already at that size when f_g reads the image
         if tuple(feature_logits.shape[-2:]) != out_size:

@@ -204,3 +204,20 @@ def test_grounding_decoder_with_image_skip_reads_the_image_at_input_size():
     skip = ref.grounding_decoder.image_skip
     assert skip is not None and all(p.grad is not None and p.grad.abs().sum() > 0 for p in skip.parameters())
     assert all(p.grad is None for p in ref.vlm.parameters())
+
+
+def test_patch_training_grounds_with_the_spatial_prior_of_the_patch_region():
+    """With boxes the sentence's spatial prior is cropped to each patch's region, as the features are."""
+    torch.manual_seed(0)
+    ref = VLMPseudoLabelRefiner(FakeVLM(), GroundingDecoder(12, 8, hidden_channels=8, prior_grid=4)).eval()
+    with torch.no_grad():
+        ref.grounding_decoder.spatial_prior.weight.normal_()
+    images, texts = torch.rand(2, 1, 32, 32), ["upper left lung", "lower right lung"]
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]])
+    with torch.no_grad():
+        with_prior = ref.ground(images, texts, boxes).text_logits
+        prior = ref.grounding_decoder.prior_logits(ref.encode_texts(texts), with_prior.shape[-2:], boxes)
+        ref.grounding_decoder.spatial_prior = None
+        without = ref.ground(images, texts, boxes).text_logits
+    assert prior.abs().max() > 1.0
+    torch.testing.assert_close(with_prior - without, prior, atol=1e-4, rtol=1e-4)

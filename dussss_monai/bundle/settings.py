@@ -175,6 +175,7 @@ SETTINGS: dict[str, Setting] = {
     "rotate_texts": _s("boolean", "control: ground each unlabeled image with the next image's sentence"),
     "decoder_channels": _s("integer", "f_g's hidden channels", **_POSITIVE_INT),
     "decoder_image_skip_channels": _s("integer", "f_g's image skip channels (0: none)", minimum=0),
+    "decoder_prior_grid": _s("integer", "side of f_g's spatial prior of the sentence (0: none)", minimum=0),
     "decoder_crop_size": _s("integer|null", "the size f_g decodes a patch's region at", minimum=8),
     # the vision-language model (stage 1)
     "text_encoder": _s("string|null", "a Hugging Face id or folder (null: the offline all-MiniLM-L6-v2)"),

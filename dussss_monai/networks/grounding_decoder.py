@@ -12,6 +12,14 @@ full resolution, their features are concatenated with the upsampled patch featur
 projection to ``D``, as the input skip of UNETR's decoder (Hatamizadeh et al., WACV 2022) does.
 ``v_f`` and the mask are then at the image's resolution. docs/notebook/2026-11-27_benchmarks.md ("A grounding decoder that
 sees the image") has the measurements behind it.
+
+Optional (not in the paper, off by default): a *spatial prior* of the sentence. Reports say where a finding is
+("lower left lung"), and the cosine ``t_f . v_f`` can only weigh a place where the pixel's features happen to encode
+it. With ``prior_grid = g > 0`` a linear map of the sentence embedding gives a ``g x g`` map of logits over the
+whole image, upsampled bilinearly (cropped to the region in patch training) and added to the text logits: the
+sentence moves the mask towards the places it names and away from the others (``docs/method.md``, "Grounding
+decoder f_g"). The map starts at zero, so f_g starts as without it. It suits images whose anatomy sits in roughly
+the same place (chest X-rays, registered scans), not tiles cut anywhere from a slide.
 """
 
 from __future__ import annotations
@@ -118,9 +126,15 @@ class GroundingDecoder(nn.Module):
         image_skip_channels: width of the image skip (module docstring); ``0`` (default) turns it off, as in
             the paper. When on, :meth:`pixel_features` needs the image.
         image_channels: channels of the image the skip reads (1 for grey X-rays, 3 for RGB).
+        prior_grid: side ``g`` of the sentence's spatial prior (module docstring); ``0`` (default) turns it off.
+        prior_gain: scale of the unit text embedding the prior's linear map reads. Under Adam a weight moves by
+            about the learning rate per step whatever its gradient, so the gain sets how fast the prior can grow.
+            Default ``8 * sqrt(D)``: ``sqrt(D)`` gives the embedding's entries unit scale, 8 was chosen on the
+            text benchmark's validation images (docs/notebook/2026-12-06_text_benchmark.md).
 
     Raises:
-        ValueError: when a size argument is not positive (``image_skip_channels``: negative).
+        ValueError: when a size argument is not positive (``image_skip_channels``, ``prior_grid``: negative;
+            ``prior_gain``: not positive).
     """
 
     def __init__(
@@ -135,6 +149,8 @@ class GroundingDecoder(nn.Module):
         norm: str | tuple = ("instance", {"affine": True}),
         image_skip_channels: int = 0,
         image_channels: int = 1,
+        prior_grid: int = 0,
+        prior_gain: float | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -149,6 +165,10 @@ class GroundingDecoder(nn.Module):
             raise ValueError(f"GroundingDecoder: num_upsamples must be >= 0, got {num_upsamples}")
         if int(image_skip_channels) < 0:
             raise ValueError(f"GroundingDecoder: image_skip_channels must be >= 0, got {image_skip_channels}")
+        if int(prior_grid) < 0:
+            raise ValueError(f"GroundingDecoder: prior_grid must be >= 0, got {prior_grid}")
+        if prior_gain is not None and not prior_gain > 0:
+            raise ValueError(f"GroundingDecoder: prior_gain must be positive, got {prior_gain}")
         if not 0 < init_logit_scale <= max_logit_scale:
             raise ValueError(
                 f"GroundingDecoder: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}"
@@ -175,6 +195,13 @@ class GroundingDecoder(nn.Module):
         self.output_proj = nn.Conv2d(hidden_channels, self.embed_dim, kernel_size=1)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+        self.prior_grid = int(prior_grid)
+        self.prior_gain = float(prior_gain) if prior_gain is not None else 8.0 * math.sqrt(self.embed_dim)
+        self.spatial_prior: nn.Linear | None = None
+        if self.prior_grid > 0:
+            self.spatial_prior = nn.Linear(self.embed_dim, self.prior_grid**2)
+            nn.init.zeros_(self.spatial_prior.weight)
+            nn.init.zeros_(self.spatial_prior.bias)
 
     @property
     def upsample_factor(self) -> int:
@@ -248,15 +275,40 @@ class GroundingDecoder(nn.Module):
             x = self.fuse(torch.cat([x, self.image_skip(image.to(x.dtype))], dim=1))
         return F.normalize(self.output_proj(x), dim=1)
 
+    def prior_logits(
+        self, text_embed: torch.Tensor, size: Sequence[int], boxes: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The sentence's spatial prior (module docstring) at ``size``: ``(B, 1, *size)`` logits, ``None`` when off.
+
+        Args:
+            text_embed: text embeddings ``(B, D)`` (normalised here).
+            size: ``(h', w')`` of the text logits the prior is added to.
+            boxes: ``(B, 4)`` regions the logits cover (:func:`crop_to_boxes`), ``None`` for the whole images.
+        """
+        if self.spatial_prior is None:
+            return None
+        t = F.normalize(text_embed.to(self.spatial_prior.weight.dtype), dim=1) * self.prior_gain
+        grid = self.spatial_prior(t).view(-1, 1, self.prior_grid, self.prior_grid)
+        if boxes is not None:
+            return crop_to_boxes(grid, boxes, size)
+        return F.interpolate(grid, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+
     def text_logits(
-        self, pixel_features: torch.Tensor, text_embed: torch.Tensor, out_size: Sequence[int] | None = None
+        self,
+        pixel_features: torch.Tensor,
+        text_embed: torch.Tensor,
+        out_size: Sequence[int] | None = None,
+        boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Text-guided mask logits ``scale * (t_f . v_f) + bias``; ``y_text = sigmoid`` of these.
+        """Text-guided mask logits ``scale * (t_f . v_f) + bias`` (plus the spatial prior when on); ``y_text =
+        sigmoid`` of these.
 
         Args:
             pixel_features: L2-normalised ``v_f`` ``(B, D, h', w')`` from :meth:`pixel_features`.
             text_embed: text embeddings ``(B, D)`` (normalised here; ``t_f``).
             out_size: ``(H, W)`` to upsample the logits to (bilinear); ``None`` keeps the feature resolution.
+            boxes: the regions ``pixel_features`` were decoded for (patch training), so that the spatial prior is
+                cropped to them; ``None`` for whole images.
 
         Returns:
             logits ``(B, 1, H, W)`` (or ``(B, 1, h', w')``).
@@ -276,6 +328,9 @@ class GroundingDecoder(nn.Module):
         t = F.normalize(text_embed.to(pixel_features.dtype), dim=1)
         cos = torch.einsum("bdhw,bd->bhw", pixel_features, t).unsqueeze(1)
         logits = self.logit_scale.to(cos.dtype) * cos + self.logit_bias.to(cos.dtype)
+        prior = self.prior_logits(text_embed, logits.shape[-2:], boxes)
+        if prior is not None:
+            logits = logits + prior.to(logits.dtype)
         if out_size is not None and tuple(int(s) for s in out_size) != tuple(logits.shape[-2:]):
             logits = F.interpolate(logits, size=tuple(int(s) for s in out_size), mode="bilinear", align_corners=False)
         return logits

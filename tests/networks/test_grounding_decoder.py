@@ -101,3 +101,47 @@ def test_image_skip_errors():
     torch.testing.assert_close(
         plain.pixel_features(patches, (4, 4), torch.rand(2, 1, 16, 16)), plain.pixel_features(patches, (4, 4))
     )
+
+
+def test_spatial_prior_starts_at_zero_and_then_follows_the_sentence():
+    """prior_grid > 0 adds a map of logits made from the sentence alone: zero at first (f_g starts as without it),
+    then different for different sentences and places, whatever the pixel features."""
+    plain, with_prior = _decoder(), _decoder(prior_grid=4)
+    assert plain.spatial_prior is None and with_prior.spatial_prior is not None
+    patches, text = torch.randn(2, 16, 12), torch.randn(2, 8)
+    torch.testing.assert_close(with_prior(patches, (4, 4), text), plain(patches, (4, 4), text))
+    with torch.no_grad():  # sentence 0 -> the left half of the image, sentence 1 -> the right half
+        weight = torch.zeros(16, 8)
+        weight[[0, 1, 4, 5, 8, 9, 12, 13], 0] = 1.0
+        weight[[2, 3, 6, 7, 10, 11, 14, 15], 1] = 1.0
+        with_prior.spatial_prior.weight.copy_(weight)
+    texts = torch.eye(8)[:2]
+    feats = with_prior.pixel_features(patches, (4, 4))
+    gain = with_prior.prior_gain
+    assert gain == pytest.approx(8.0 * 8**0.5)
+    added = with_prior.text_logits(feats, texts) - plain.text_logits(feats, texts)
+    assert added.shape == (2, 1, 16, 16)
+    torch.testing.assert_close(added[0, 0, :, :4], torch.full((16, 4), gain))
+    torch.testing.assert_close(added[0, 0, :, 12:], torch.zeros(16, 4))
+    torch.testing.assert_close(added[1, 0, :, 12:], torch.full((16, 4), gain))
+    torch.testing.assert_close(added[1, 0, :, :4], torch.zeros(16, 4))
+
+
+def test_spatial_prior_is_cropped_to_the_regions_of_patch_training():
+    dec = _decoder(prior_grid=4)
+    with torch.no_grad():
+        dec.spatial_prior.weight.normal_()
+    text = torch.randn(2, 8)
+    whole = dec.prior_logits(text, (16, 32))
+    left_half = torch.tensor([[0.0, 0.0, 1.0, 0.5], [0.0, 0.5, 1.0, 0.5]])  # image 0: left half, image 1: right half
+    crops = dec.prior_logits(text, (16, 16), left_half)
+    torch.testing.assert_close(crops[0], whole[0, :, :, :16], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(crops[1], whole[1, :, :, 16:], atol=1e-5, rtol=1e-5)
+    assert _decoder().prior_logits(text, (16, 16)) is None
+
+
+def test_spatial_prior_settings_are_checked():
+    with pytest.raises(ValueError, match="prior_grid"):
+        _decoder(prior_grid=-1)
+    with pytest.raises(ValueError, match="prior_gain"):
+        _decoder(prior_grid=4, prior_gain=0.0)
