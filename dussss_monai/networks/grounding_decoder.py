@@ -278,12 +278,15 @@ class GroundingDecoder(nn.Module):
     def prior_logits(
         self, text_embed: torch.Tensor, size: Sequence[int], boxes: torch.Tensor | None = None
     ) -> torch.Tensor | None:
-        """The sentence's spatial prior (module docstring) at ``size``: ``(B, 1, *size)`` logits, ``None`` when off.
+        """The sentence's spatial prior (module docstring) at ``size``.
 
         Args:
             text_embed: text embeddings ``(B, D)`` (normalised here).
             size: ``(h', w')`` of the text logits the prior is added to.
             boxes: ``(B, 4)`` regions the logits cover (:func:`crop_to_boxes`), ``None`` for the whole images.
+
+        Returns:
+            ``(B, 1, *size)`` logits, or ``None`` when ``prior_grid`` is 0.
         """
         if self.spatial_prior is None:
             return None
