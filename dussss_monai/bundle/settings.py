@@ -300,7 +300,8 @@ def check_settings(
         top = key.replace("::", "#").split("#", 1)[0]
         if top in known_keys:
             continue
-        candidates = sorted(known_keys & (set(SETTINGS) | {top}))
+        # the declared settings and the components a user may replace (``--consistency_loss "{'_target_': ...}"``)
+        candidates = sorted(known_keys & (set(SETTINGS) | COMPONENTS) - set(METHOD_KEYS))
         near = difflib.get_close_matches(top, candidates, n=1, cutoff=0.6)
         hint = f" (did you mean --{near[0]}?)" if near else ""
         problems.append(f"--{key}: this config has no setting '{top}'{hint}")

@@ -41,6 +41,17 @@ def test_unknown_settings_are_named_with_the_nearest_known_one():
     assert "train#dataloader" not in message  # a nested key of a known component is the user's business
 
 
+def test_a_misspelt_component_is_named_with_the_component_not_a_nearby_setting():
+    config = {"consistency_weight": 1.0, "consistency_loss": {"_target_": "torch.nn.BCEWithLogitsLoss"},
+              "method": "dussss", "grounding_context": True}  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        check_settings(config, overrides=["consistency_los", "grounding_contxt"])
+    message = str(e.value)
+    assert "(did you mean --consistency_loss?)" in message  # not --consistency_weight
+    # a method's key is never offered: it is refused with the config layer to use
+    assert "--grounding_contxt: this config has no setting 'grounding_contxt';" in message + ";"
+
+
 @pytest.mark.parametrize(
     "key, value, words",
     [
