@@ -72,7 +72,15 @@ BUNDLES: dict[str, dict[str, dict[str, Any]]] = {
     "dussss_qata_cov19": {
         "common": {"dataset_dir": "demo_data/qata_cov19"},
         "pretrain.json": {"max_epochs": 50},
-        "train.json": {"learning_rate": 0.0003, "use_text_loss": True},
+        "train.json": {
+            "learning_rate": 0.0003,
+            "use_text_loss": True,
+            # reports name the infected zones: f_g's spatial prior, and a cross-entropy on the refined targets
+            "decoder_prior_grid": 8,
+            "consistency_loss": {"_target_": "torch.nn.BCEWithLogitsLoss"},
+        },
+        # the mean teacher's own targets: the squared error it was validated with
+        "mean_teacher.json": {"consistency_loss": {"_target_": "dussss_monai.losses.ProbabilityMSELoss"}},
     },
     "dussss_monuseg": {
         "common": {"dataset_dir": "data/MoNuSeg", "in_channels": 3},

@@ -170,13 +170,34 @@ def test_a_misread_override_stops_a_bundle_run_with_the_spelling_that_works(tmp_
     assert fix in proc.stderr + proc.stdout
 
 
-@pytest.mark.parametrize("bundle", ALL)
+@pytest.mark.parametrize("bundle", ["dussss_monuseg", "dussss_bmseg"])
 def test_stage2_defaults_are_soft_pseudo_labels_with_the_squared_error_consistency(bundle):
     """The validated default of bundle 0.4.0 (docs/notebook/2026-11-27_benchmarks.md, row 35 and "Pseudo-label targets on MoNuSeg")."""
     train = _load(bundle, "train.json")
     assert train["pseudo_label_threshold"] is None
+    assert train["decoder_prior_grid"] == 0
     assert train["consistency_loss"] == {"_target_": "dussss_monai.losses.ProbabilityMSELoss"}
     assert train["train"]["trainer"]["consistency_loss_function"] == "@consistency_loss"
+    assert "consistency_loss" not in _load(bundle, "mean_teacher.json")
+
+
+@pytest.mark.parametrize("layers, expected", [
+    ([], "BCEWithLogitsLoss"), (["mean_teacher.json"], "ProbabilityMSELoss"), (["supervised.json"], None),
+])  # fmt: skip
+def test_qata_refined_targets_take_cross_entropy_and_the_mean_teacher_keeps_the_squared_error(layers, expected):
+    """The text benchmark's validated recipe (docs/results.md, "Text benchmark"): DuSSS on QaTa-like reports learns its
+    text-refined soft targets by cross-entropy with f_g's spatial prior on; the mean teacher keeps its own best loss."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / "dussss_qata_cov19" / "configs" / n) for n in ["train.json", *layers]])
+    assert parser["pseudo_label_threshold"] is None
+    if expected is None:  # supervised training has no unlabeled term
+        assert "consistency_loss_function" not in parser["train#trainer"]
+        return
+    assert parser["train#trainer#consistency_loss_function"] == "@consistency_loss"
+    assert type(parser.get_parsed_content("consistency_loss")).__name__ == expected
+    assert parser["decoder_prior_grid"] == 8  # f_g is built by DuSSS only; the setting is inert for the others
 
 
 @pytest.mark.parametrize("bundle", ALL)

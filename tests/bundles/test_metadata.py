@@ -70,7 +70,7 @@ def test_verify_metadata_cli_rejects_missing_required_field(tmp_path):
 def test_metadata_content(bundle):
     meta = _meta(bundle)
     # the newest changelog entry is the bundle's version
-    assert meta["version"] == "0.7.1" and next(iter(meta["changelog"])) == meta["version"]
+    assert meta["version"] == "0.8.0" and next(iter(meta["changelog"])) == meta["version"]
     # the bundle needs this package at the version that has the components its configs name
     assert meta["required_packages_version"]["dussss-monai"] == dussss_monai.__version__
     required = ("transformers", "pytorch-ignite", "nibabel", "pillow", "openpyxl", "pandas", "filelock")
